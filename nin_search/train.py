@@ -1,0 +1,188 @@
+"""The training engine: fit(cfg, data, on_epoch) trains one NiN and returns its history.
+
+    cfg = load_config(profile="quick")
+    data = load_data(cfg.data, resolve_device(cfg.train.device))
+    result = fit(cfg, data, on_epoch=lambda m: print(m["epoch"], m["val_acc"]))
+
+One visible loop, no callbacks beyond `on_epoch(metrics) -> str | None`: return a reason to stop
+the run early (a pruned trial), or None to go on. A non-finite loss stops the run with status
+"diverged" and the epoch and step where it happened. Imports only torch (and tqdm if installed).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from nin_search.config import Config, TrainConfig
+from nin_search.data import Data, batches
+from nin_search.model import build_model
+
+try:  # a progress bar where tqdm is installed; the engine itself needs torch alone
+    from tqdm.auto import tqdm
+except ImportError:  # pragma: no cover - bare GPU machines
+    tqdm = None
+
+EVAL_BATCH = {"cpu": 128, "cuda": 1024}  # images per evaluation batch (CPU: cache-sized)
+CUDA_CHECK_EVERY = 50  # steps between non-finite checks on CUDA (a host sync each)
+
+
+@dataclass
+class FitResult:
+    status: str  # "completed" | "diverged" | "stopped" (on_epoch asked to stop)
+    history: list[dict] = field(default_factory=list)  # one dict of metrics per epoch
+    reason: str = ""  # why it diverged or stopped
+    diverged_at: tuple[int, int] | None = None  # (epoch, step within the epoch), 1-based
+    model: nn.Module | None = None
+    device: str = "cpu"
+
+    @property
+    def best_val_acc(self) -> float:
+        return max((h["val_acc"] for h in self.history), default=float("nan"))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from nin_search.config import ConfigError
+
+        raise ConfigError("train.device = 'cuda': no CUDA device is available here; use 'auto'")
+    return torch.device(name)
+
+
+def make_optimizer(t: TrainConfig, params) -> torch.optim.Optimizer:
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov,
+                               weight_decay=t.weight_decay)
+    cls = torch.optim.Adam if t.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def make_schedule(t: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
+    """A per-step LR schedule from torch.optim.lr_scheduler, with linear warmup from lr / 100."""
+    sched = torch.optim.lr_scheduler
+    total = t.epochs * steps_per_epoch
+    warm = min(round(t.warmup_epochs * steps_per_epoch), total - 1)
+    if t.schedule == "onecycle":  # its own warmup: pct_start of the steps (0.3 unless set)
+        return sched.OneCycleLR(opt, max_lr=t.lr, total_steps=total, cycle_momentum=False,
+                                pct_start=warm / total if warm else 0.3)
+    main = {
+        "constant": lambda: sched.LambdaLR(opt, lambda step: 1.0),
+        "cosine": lambda: sched.CosineAnnealingLR(opt, T_max=max(1, total - warm)),
+        "step": lambda: sched.StepLR(opt, step_size=t.step_size * steps_per_epoch, gamma=t.gamma),
+    }[t.schedule]()
+    if not warm:
+        return main
+    ramp = sched.LinearLR(opt, start_factor=0.01, total_iters=warm)
+    return sched.SequentialLR(opt, [ramp, main], milestones=[warm])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: Data,
+             channels_last: bool = False) -> tuple[float, float]:
+    """(mean loss, accuracy) over (x, y); one host sync at the end."""
+    model.eval()
+    loss = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    for xb, yb in batches(x, y, EVAL_BATCH.get(x.device.type, 1024), data.cfg, channels_last=channels_last):
+        with _autocast(x.device):
+            logits = model(xb).float()
+        loss += nn.functional.cross_entropy(logits, yb, reduction="sum")
+        correct += (logits.argmax(1) == yb).sum()
+    return loss.item() / len(x), correct.item() / len(x)
+
+
+def _autocast(device: torch.device):
+    # bf16 on CUDA (no loss scaling needed); plain fp32 on the CPU
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def fit(cfg: Config, data: Data, on_epoch: Callable[[dict], str | None] | None = None,
+        progress: bool = False) -> FitResult:
+    """Train cfg's model on data.train_*, validate on data.val_* every epoch."""
+    t = cfg.train
+    device = data.train_x.device
+    cuda = device.type == "cuda"
+    torch.manual_seed(t.seed)  # weight init and dropout
+    gen = torch.Generator(device=device).manual_seed(t.seed)  # batch order and augmentation
+    model = build_model(cfg.model, data.input_size, 1, data.num_classes).to(device)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        model = model.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if (t.compile and cuda) else model
+    opt = make_optimizer(t, model.parameters())
+    steps = math.ceil(len(data.train_x) / t.batch_size)
+    sched = make_schedule(t, opt, steps)
+    criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+    check_every = CUDA_CHECK_EVERY if cuda else 1  # on the CPU a check costs nothing
+    result = FitResult("completed", model=model, device=str(device))
+
+    for epoch in range(1, t.epochs + 1):
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        model.train()
+        losses = torch.zeros(steps, device=device)  # per-step losses, read once per epoch
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        bar = (tqdm(total=steps, desc=f"epoch {epoch}/{t.epochs}", leave=False, unit="step")
+               if progress and tqdm else None)
+        _sync(device)
+        start = time.perf_counter()
+        checked = 0  # steps already known to be finite
+        for i, (xb, yb) in enumerate(batches(data.train_x, data.train_y, t.batch_size, data.cfg,
+                                             gen, train=True, channels_last=cuda)):
+            with _autocast(device):
+                logits = step_model(xb)
+            loss = criterion(logits.float(), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses[i] = loss.detach()
+            correct += (logits.argmax(1) == yb).sum()
+            if bar is not None:
+                bar.update()
+            if (i + 1) % check_every == 0 or i + 1 == steps:  # a host sync on CUDA
+                bad = ~torch.isfinite(losses[checked: i + 1])
+                checked = i + 1
+                if bad.any():
+                    step = checked - len(bad) + int(bad.nonzero()[0]) + 1
+                    result.status, result.diverged_at = "diverged", (epoch, step)
+                    result.reason = (f"loss became non-finite at epoch {epoch}, step {step} "
+                                     f"(lr {opt.param_groups[0]['lr']:.3g}); lower train.lr")
+                    break
+        if bar is not None:
+            bar.close()
+        if result.status == "diverged":
+            break
+        _sync(device)
+        train_time = time.perf_counter() - start
+        val_loss, val_acc = evaluate(step_model, data.val_x, data.val_y, data, channels_last=cuda)
+        metrics = {
+            "epoch": epoch,
+            "train_loss": losses.mean().item(),
+            "train_acc": correct.item() / len(data.train_x),
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": opt.param_groups[0]["lr"],
+            "img_per_s": len(data.train_x) / train_time,
+            "epoch_time_s": time.perf_counter() - start,
+        }
+        if cuda:
+            metrics["peak_mem_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        result.history.append(metrics)
+        stop = on_epoch(metrics) if on_epoch else None
+        if stop:
+            result.status, result.reason = "stopped", stop
+            break
+    return result
