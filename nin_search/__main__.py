@@ -1,0 +1,3 @@
+from nin_search.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""Command line: parse, dispatch, and turn user mistakes into one line and exit code 2.
+
+    python -m nin_search summary --set data.resize=224
+    python -m nin_search train --profile quick --set train.lr=0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nin_search.config import ConfigError, load_config, resolve_profile
+
+
+def _common(p: argparse.ArgumentParser, profile_default: str | None) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML file with [model], [data], [train]")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
+                   help="override one value by its dotted name, e.g. train.lr=0.1 (repeatable)")
+    p.add_argument("--profile", choices=("auto", "d2l", "quick"), default=profile_default,
+                   help="d2l: 224 px, all data, 10 epochs; quick: 96 px, 10,000 images, 2 "
+                        "epochs; auto: d2l on CUDA, quick otherwise")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show tracebacks")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="nin-search", description=__doc__.splitlines()[0])
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one NiN, tracked in MLflow")
+    _common(p, "auto")
+    p.add_argument("--final-eval", action="store_true",
+                   help="also evaluate on the test set (never used for tuning)")
+    p.add_argument("--experiment", default="nin-train", help="MLflow experiment name")
+
+    p = sub.add_parser("summary", help="per-layer shapes, params, MACs, memory")
+    _common(p, None)
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    return ap
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _resolve(args: argparse.Namespace):
+    profile = resolve_profile(args.profile, _cuda() if args.profile == "auto" else False)
+    note = ""
+    if args.profile == "auto":
+        why = "a CUDA device is available" if profile == "d2l" else "no CUDA device"
+        note = f"profile: {profile} (auto: {why})"
+    elif profile:
+        note = f"profile: {profile}"
+    return load_config(args.config, args.overrides, profile), note
+
+
+def _train(args: argparse.Namespace) -> int:
+    from nin_search.run import train_run
+
+    cfg, note = _resolve(args)
+    return train_run(cfg, args.experiment, args.final_eval, note)
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from nin_search.accounting import format_summary, measure_cuda_peak, summarize
+
+    cfg, _ = _resolve(args)
+    s = summarize(cfg)
+    if _cuda():
+        s["memory"]["measured_train_peak_bytes"] = measure_cuda_peak(cfg)
+    print(format_summary(s, args.format))
+    return 0
+
+
+COMMANDS = {"train": _train, "summary": _summary}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,98 @@
+"""MLflow plumbing: the store, experiments, run tags, and passwords kept out of logs.
+
+    uri = setup_tracking()                       # $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db
+    exp_id = experiment_id("nin-train")
+    with mlflow.start_run(experiment_id=exp_id, tags=run_tags(cfg)): ...
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+import mlflow
+import sqlalchemy.exc
+from sqlalchemy.engine import make_url
+
+from nin_search.config import Config, ConfigError, config_hash
+
+DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
+ARTIFACTS = Path("mlruns/artifacts")
+
+
+def mask(url: str) -> str:
+    """The URL with any password replaced by ***, for printing and logging."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not an SQLAlchemy URL (a file path, http://...): mask user:pass@ by hand
+        head, sep, tail = url.rpartition("@")
+        if sep and "://" in head and ":" in head.split("://", 1)[1]:
+            scheme, cred = head.split("://", 1)
+            return f"{scheme}://{cred.split(':', 1)[0]}:***@{tail}"
+        return url
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def setup_tracking() -> str:
+    """Point MLflow at the store (creating mlruns/ for the default) and quiet its startup logs."""
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    uri = tracking_uri()
+    if uri == DEFAULT_URI:
+        Path("mlruns").mkdir(exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def experiment_id(name: str) -> str:
+    """The experiment's id, created on first use with artifacts under mlruns/artifacts."""
+    uri = tracking_uri()
+    try:
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = ARTIFACTS.resolve().as_uri() if uri == DEFAULT_URI else None
+        try:
+            return mlflow.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:  # another process created it meanwhile
+            exp = mlflow.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+    except (sqlalchemy.exc.OperationalError, mlflow.exceptions.MlflowException, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"MLflow store {mask(uri)} cannot be used: {first[:200]}") from None
+
+
+def git_commit() -> str:
+    """The source tree's commit (with '+dirty' when it has changes), or 'unknown'."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, capture_output=True, text=True, timeout=5).stdout
+        return sha + ("+dirty" if dirty.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_tags(cfg: Config, device: str) -> dict[str, str]:
+    import torch
+
+    return {
+        "nin.device": device,
+        "nin.torch": torch.__version__,
+        "nin.git_commit": git_commit(),
+        "nin.config_hash": config_hash(cfg),
+    }
+
+
+def ui_command(uri: str) -> str:
+    """The command that opens the MLflow UI on this store, bound to 127.0.0.1."""
+    return f"mlflow server --backend-store-uri {mask(uri)} --host 127.0.0.1 --port 5000"

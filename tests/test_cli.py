@@ -1,0 +1,182 @@
+"""The CLI end to end: `train` into a real SQLite MLflow store, `summary`, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+TINY = """
+[model]
+preset = "lin2013"
+width = 0.125
+[data]
+resize = 0
+val_size = 40
+train_subset = 0
+[train]
+epochs = 2
+batch_size = 32
+optimizer = "adam"
+lr = 0.003
+"""
+
+
+def cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    full |= {"NIN_SEARCH_OFFLINE": "1", "PYTHONUNBUFFERED": "1"} | (env or {})
+    return subprocess.run([sys.executable, "-m", "nin_search", *args], cwd=cwd, env=full,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def tiny(tmp_path: Path, make_idx_dir) -> Path:
+    make_idx_dir(tmp_path / "idx", n_train=160, n_test=40)
+    (tmp_path / "tiny.toml").write_text(TINY)
+    return tmp_path
+
+
+def test_train_logs_params_and_per_epoch_metrics_to_the_default_store(tiny: Path):
+    res = cli("train", "--config", "tiny.toml", "--set", f"data.data_dir={tiny / 'idx'}",
+              "--final-eval", cwd=tiny)
+    assert res.returncode == 0, res.stderr
+    # the default store is sqlite:///mlruns/mlflow.db relative to where the command ran
+    assert (tiny / "mlruns" / "mlflow.db").is_file()
+    mlflow.set_tracking_uri(f"sqlite:///{tiny / 'mlruns' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["nin-train"])
+    # exactly one run, every resolved config value as a param under its dotted name
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["params.train.lr"] == "0.003"
+    assert run["params.model.preset"] == "lin2013"
+    assert run["params.model.width"] == "0.125"
+    assert run["params.data.val_size"] == "40"
+    assert run["params.train.momentum"] == "0.0"  # defaults are logged too
+    assert run["tags.nin.config_hash"] and run["tags.nin.device"] == "cpu"
+    assert run["status"] == "FINISHED"
+    client = mlflow.MlflowClient()
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "img_per_s",
+                "epoch_time_s"):
+        history = client.get_metric_history(run["run_id"], key)
+        # one value per epoch with step = epoch
+        assert sorted(m.step for m in history) == [1, 2], key
+    # the test set is reported as a final evaluation, once
+    assert 0.0 <= run["metrics.test_acc"] <= 1.0
+    artifacts = {a.path for a in client.list_artifacts(run["run_id"])}
+    assert {"config.toml", "summary.txt", "summary.json", "training_curves.html"} <= artifacts
+    # one fixed line per epoch and a closing line with the run id and the UI command
+    assert res.stdout.count("epoch ") >= 2 and "val_acc" in res.stdout
+    assert run["run_id"] in res.stdout.splitlines()[-1]
+    assert "mlflow server" in res.stdout.splitlines()[-1]
+
+
+def test_auto_profile_says_which_profile_it_picked(tiny: Path):
+    res = cli("train", "--config", "tiny.toml", "--set", f"data.data_dir={tiny / 'idx'}",
+              "--set", "train.epochs=1", cwd=tiny)
+    assert res.returncode == 0, res.stderr
+    # no CUDA here, so auto picks quick and says so; the file and --set win over the profile
+    assert "profile: quick (auto: no CUDA device)" in res.stdout
+    assert "120 train / 40 val images at 28 px" in res.stdout
+    assert "epoch   1/1" in res.stdout
+
+
+def test_diverging_run_exits_1_and_ends_failed(tiny: Path):
+    res = cli("train", "--config", "tiny.toml", "--set", f"data.data_dir={tiny / 'idx'}",
+              "--set", "train.optimizer='sgd'", "--set", "train.lr=100", cwd=tiny)
+    assert res.returncode == 1, res.stderr
+    assert "diverged: loss became non-finite at epoch 1, step" in res.stdout
+    mlflow.set_tracking_uri(f"sqlite:///{tiny / 'mlruns' / 'mlflow.db'}")
+    run = mlflow.search_runs(experiment_names=["nin-train"]).iloc[0]
+    # nothing stays RUNNING: the run ends FAILED with the place it diverged
+    assert run["status"] == "FAILED"
+    assert run["tags.nin.status"] == "diverged" and run["tags.nin.diverged_epoch"] == "1"
+
+
+def test_summary_json_has_totals_and_output_shapes(tmp_path: Path):
+    res = cli("summary", "--format", "json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    s = json.loads(res.stdout)
+    # the d2l figures at 1x224x224, and 224 becomes 54 after the first conv
+    assert s["totals"]["params"] == 1_992_166
+    assert s["totals"]["macs"] == 762_297_352
+    assert s["totals"]["flops"] == 2 * 762_297_352
+    assert s["layers"][0]["output_shape"] == [96, 54, 54]
+    assert s["layers"][0]["dropped"] == "1 px at bottom/right"
+    assert s["layers"][-1]["output_shape"] == [10]
+
+
+def test_summary_table_explains_dropped_pixels_and_memory(tmp_path: Path):
+    res = cli("summary", "--set", "train.optimizer=adam", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "1,992,166" in res.stdout and "762,297,352" in res.stdout
+    assert "block1.conv: 1 px at bottom/right" in res.stdout
+    # adam keeps two state tensors per parameter, and the table says so
+    assert "2 optimizer state tensor(s) (adam)" in res.stdout
+
+
+def test_summary_csv_lists_every_layer(tmp_path: Path):
+    res = cli("summary", "--format", "csv", "--set", "model.head=fc", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert lines[0].startswith("layer,type,output_shape,params,macs")
+    # the FC head: Flatten(384x5x5) -> Linear(10) is 96,010 params
+    assert lines[-1].split(",")[:4] == ["fc", "Linear", "10", "96010"]
+
+
+BAD = [
+    (["--set", "train.lrr=0.1"], "unknown key 'train.lrr'"),
+    (["--set", "train.lr=fast"], "train.lr = 'fast' is not allowed; expected a number"),
+    (["--set", "train.lr=-1"], "train.lr = -1 is not allowed"),
+    (["--set", "model.mlp_kernel=2"], "model.mlp_kernel = 2 is not allowed; expected one of 1, 3"),
+    (["--set", "train.epochs=2.5"], "train.epochs = 2.5 is not allowed; expected an integer"),
+    (["--set", "data.resize=64"], "smallest input that works is 67"),
+    (["--set", "oops"], "expected KEY=VALUE"),
+    (["--config", "missing.toml"], "missing.toml: no such config file"),
+    (["--config", "broken.toml"], "broken.toml: not valid TOML"),
+    (["--config", "unknown.toml"], "unknown.toml: unknown table [optim]"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD, ids=[m for _, m in BAD])
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str):
+    (tmp_path / "broken.toml").write_text("[train\nlr = 0.1\n")
+    (tmp_path / "unknown.toml").write_text("[optim]\nlr = 0.1\n")
+    res = cli("summary", *args, cwd=tmp_path)
+    assert res.returncode == 2
+    # one line on stderr, naming the key or file, and no traceback
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_missing_data_is_one_line_listing_every_way(tmp_path: Path):
+    # MNIST: Debian's dataset-mnist is not installed here, and NIN_SEARCH_OFFLINE=1 skips the
+    # download, so every way fails
+    assert not Path("/usr/share/datasets/mnist").exists()
+    res = cli("train", "--set", "data.dataset=mnist",
+              "--set", f"data.data_dir={tmp_path / 'nowhere'}", cwd=tmp_path)
+    assert res.returncode == 2
+    assert len(res.stderr.strip().splitlines()) == 1
+    for way in ("data.data_dir", "dataset-mnist", "./data", "download", "NIN_SEARCH_DATA"):
+        assert way in res.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path: Path):
+    res = cli("--debug", "summary", "--set", "train.lr=fast", cwd=tmp_path)
+    assert res.returncode != 0
+    assert "Traceback" in res.stderr and "ConfigError" in res.stderr
+
+
+def test_unusable_tracking_store_is_one_line(tiny: Path):
+    (tiny / "a_file").write_text("not a folder")
+    uri = f"sqlite:///{tiny}/a_file/mlflow.db"  # a database path below a plain file
+    res = cli("train", "--config", "tiny.toml", "--set", f"data.data_dir={tiny / 'idx'}",
+              cwd=tiny, env={"MLFLOW_TRACKING_URI": uri})
+    assert res.returncode == 2, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert f"MLflow store {uri} cannot be used" in res.stderr
