@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny (Fashion-)MNIST-shaped IDX files written into tmp_path."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+IMAGES_MAGIC = 0x00000803  # uint8, 3 dimensions: (N, rows, cols)
+LABELS_MAGIC = 0x00000801  # uint8, 1 dimension: (N,)
+
+# The tests use tiny tensors: with a second OpenMP thread every op pays a wake-up that costs
+# more than it saves, and on a shared 2-core box a busy neighbour makes each op ~100x slower.
+torch.set_num_threads(1)
+
+
+def idx_bytes(t: torch.Tensor) -> bytes:
+    """A uint8 tensor as an IDX file: big-endian magic (0, 0, 0x08, ndim), dims, raw bytes."""
+    header = (0x0800 + t.ndim).to_bytes(4, "big")
+    header += b"".join(d.to_bytes(4, "big") for d in t.shape)
+    return header + t.to(torch.uint8).contiguous().numpy().tobytes()
+
+
+def write_idx(path: Path, t: torch.Tensor) -> Path:
+    """Write t as an IDX file at path, gzipped when the name ends in .gz."""
+    raw = idx_bytes(t)
+    path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
+    return path
+
+
+@pytest.fixture
+def idx_writer() -> Callable[[Path, torch.Tensor], Path]:
+    """write_idx(path, tensor) for tests that build their own (or broken) files."""
+    return write_idx
+
+
+@pytest.fixture
+def make_idx_dir() -> Callable[..., Path]:
+    """make_idx_dir(folder, n_train=60, n_test=20, gz=False) writes the four IDX files.
+
+    Image i of the training split is filled with the value i % 256 and labelled i % 10, so a
+    loaded image tells which file row it came from.
+    """
+
+    def make(folder: Path, n_train: int = 60, n_test: int = 20, gz: bool = False) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        ext = ".gz" if gz else ""
+        for prefix, n in (("train", n_train), ("t10k", n_test)):
+            rows = torch.arange(n)
+            images = (rows % 256).to(torch.uint8)[:, None, None].expand(n, 28, 28)
+            write_idx(folder / f"{prefix}-images-idx3-ubyte{ext}", images)
+            write_idx(folder / f"{prefix}-labels-idx1-ubyte{ext}", (rows % 10).to(torch.uint8))
+        return folder
+
+    return make
+
+
+@pytest.fixture
+def offline_nowhere(tmp_path, monkeypatch) -> Path:
+    """No dataset anywhere: empty Debian dir, empty cwd, no $NIN_SEARCH_DATA, no download."""
+    import nin_search.data as data
+
+    empty = tmp_path / "system"
+    empty.mkdir()
+    monkeypatch.setattr(data, "SYSTEM_DIRS", {k: str(empty) for k in data.SYSTEM_DIRS})
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NIN_SEARCH_DATA", raising=False)
+    monkeypatch.setenv("NIN_SEARCH_OFFLINE", "1")
+    return tmp_path
