@@ -14,8 +14,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
+# The plain d2l NiN's loss does not move within the finder's 100 steps at any lr (a plateau:
+# ReLU on the logits, no BatchNorm); with BatchNorm the curve has a clear valley.
+DEMO_SET ?= --set model.batch_norm=true
+
 demo: $(VENV)/.installed
-	$(BIN)/python -m nin_search train --profile $(PROFILE)
+	$(BIN)/python -m nin_search lr-finder --profile $(PROFILE) $(DEMO_SET)
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

@@ -52,15 +52,18 @@ def summarize(cfg: Config, in_channels: int = 1, num_classes: int = 10) -> dict[
 
     def hook(name: str):
         def record(m: nn.Module, _inp, out: torch.Tensor) -> None:
-            rows.append({
-                "layer": name,
-                "type": type(m).__name__,
-                "output_shape": list(out.shape[1:]),
-                "params": sum(p.numel() for p in m.parameters(recurse=False)),
-                "macs": _macs(m, out),
-                "activations": out[0].numel(),
-                "dropped": _dropped(trace, name),
-            })
+            rows.append(
+                {
+                    "layer": name,
+                    "type": type(m).__name__,
+                    "output_shape": list(out.shape[1:]),
+                    "params": sum(p.numel() for p in m.parameters(recurse=False)),
+                    "macs": _macs(m, out),
+                    "activations": out[0].numel(),
+                    "dropped": _dropped(trace, name),
+                }
+            )
+
         return record
 
     for name, m in net.named_modules():
@@ -85,13 +88,15 @@ def summarize(cfg: Config, in_channels: int = 1, num_classes: int = 10) -> dict[
     }
 
 
-def memory_estimate(cfg: Config, rows: list[dict], params: int, input_elems: int,
-                    dtype: str = "fp32") -> dict[str, Any]:
+def memory_estimate(
+    cfg: Config, rows: list[dict], params: int, input_elems: int, dtype: str = "fp32"
+) -> dict[str, Any]:
     """Bytes for prediction and for training one batch of cfg.train.batch_size."""
     b, w = cfg.train.batch_size, BYTES[dtype]
     acts = [input_elems] + [r["activations"] for r in rows]
     states = OPTIMIZER_STATES[cfg.train.optimizer] + (
-        1 if cfg.train.optimizer == "sgd" and cfg.train.momentum else 0)
+        1 if cfg.train.optimizer == "sgd" and cfg.train.momentum else 0
+    )
     predict_acts = max(a + c for a, c in zip(acts, acts[1:], strict=False)) * b * w
     train_acts = sum(acts) * b * w
     return {
@@ -101,7 +106,9 @@ def memory_estimate(cfg: Config, rows: list[dict], params: int, input_elems: int
         "predict_bytes": params * 4 + predict_acts,
         "train_bytes": params * 4 * (2 + states) + train_acts,
         "train_parts": {
-            "params": params * 4, "grads": params * 4, "optimizer_state": params * 4 * states,
+            "params": params * 4,
+            "grads": params * 4,
+            "optimizer_state": params * 4 * states,
             "activations": train_acts,
         },
         "assumptions": [
@@ -155,23 +162,34 @@ def format_summary(s: dict[str, Any], fmt: str = "table") -> str:
     shown = df[df["type"] != "ReLU"]  # every ReLU keeps its input's shape; JSON and CSV list them
     lines = [
         f"{s['preset']} at {'x'.join(map(str, s['input_shape']))}",
-        shown.to_string(index=False, formatters={"params": "{:,}".format, "macs": "{:,}".format,
-                                                  "activations": "{:,}".format}),
+        shown.to_string(
+            index=False,
+            formatters={
+                "params": "{:,}".format,
+                "macs": "{:,}".format,
+                "activations": "{:,}".format,
+            },
+        ),
         "",
         f"params                  {t['params']:,}",
         f"forward MACs            {t['macs']:,}   (FLOPs {t['flops']:,})",
         f"training FLOPs / image  {t['train_flops_per_image']:,}   (about 3x forward)",
         f"memory, prediction      {_mib(m['predict_bytes'])}",
         f"memory, training        {_mib(m['train_bytes'])}   ("
-        + ", ".join(f"{k} {_mib(v)}" for k, v in m["train_parts"].items()) + ")",
+        + ", ".join(f"{k} {_mib(v)}" for k, v in m["train_parts"].items())
+        + ")",
     ]
     if "measured_train_peak_bytes" in m:
-        lines.append(f"measured CUDA peak      {_mib(m['measured_train_peak_bytes'])}"
-                     "   (one fp32 training step)")
+        lines.append(
+            f"measured CUDA peak      {_mib(m['measured_train_peak_bytes'])}"
+            "   (one fp32 training step)"
+        )
     lines += ["assumptions:"] + [f"  - {a}" for a in m["assumptions"]]
     drops = df[df["dropped"] != ""]
     if len(drops):
-        lines.append("pixels dropped where the stride does not divide evenly "
-                     "(out = floor((in + 2p - k) / s) + 1):")
+        lines.append(
+            "pixels dropped where the stride does not divide evenly "
+            "(out = floor((in + 2p - k) / s) + 1):"
+        )
         lines += [f"  - {r.layer}: {r.dropped}" for r in drops.itertuples()]
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """Command line: parse, dispatch, and turn user mistakes into one line and exit code 2.
 
-    python -m nin_search summary --set data.resize=224
-    python -m nin_search train --profile quick --set train.lr=0.1
+python -m nin_search summary --set data.resize=224
+python -m nin_search train --profile quick --set train.lr=0.1
+python -m nin_search lr-finder --profile quick
 """
 
 from __future__ import annotations
@@ -14,13 +15,24 @@ from nin_search.config import ConfigError, load_config, resolve_profile
 
 def _common(p: argparse.ArgumentParser, profile_default: str | None) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML file with [model], [data], [train]")
-    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
-                   help="override one value by its dotted name, e.g. train.lr=0.1 (repeatable)")
-    p.add_argument("--profile", choices=("auto", "d2l", "quick"), default=profile_default,
-                   help="d2l: 224 px, all data, 10 epochs; quick: 96 px, 10,000 images, 2 "
-                        "epochs; auto: d2l on CUDA, quick otherwise")
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                   help="show tracebacks")
+    p.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="override one value by its dotted name, e.g. train.lr=0.1 (repeatable)",
+    )
+    p.add_argument(
+        "--profile",
+        choices=("auto", "d2l", "quick"),
+        default=profile_default,
+        help="d2l: 224 px, all data, 10 epochs; quick: 96 px, 10,000 images, 2 "
+        "epochs; auto: d2l on CUDA, quick otherwise",
+    )
+    p.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -30,9 +42,21 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one NiN, tracked in MLflow")
     _common(p, "auto")
-    p.add_argument("--final-eval", action="store_true",
-                   help="also evaluate on the test set (never used for tuning)")
+    p.add_argument(
+        "--final-eval",
+        action="store_true",
+        help="also evaluate on the test set (never used for tuning)",
+    )
     p.add_argument("--experiment", default="nin-train", help="MLflow experiment name")
+
+    p = sub.add_parser("lr-finder", help="LR range test with suggestions, tracked in MLflow")
+    _common(p, "auto")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="where lr_finder.json and .html go (default reports/lr-finder/<time>/)",
+    )
+    p.add_argument("--experiment", default="nin-lr-finder", help="MLflow experiment name")
 
     p = sub.add_parser("summary", help="per-layer shapes, params, MACs, memory")
     _common(p, None)
@@ -64,6 +88,14 @@ def _train(args: argparse.Namespace) -> int:
     return train_run(cfg, args.experiment, args.final_eval, note)
 
 
+def _lr_finder(args: argparse.Namespace) -> int:
+    from nin_search.run import lr_finder_run
+
+    cfg, note = _resolve(args)
+    finding, _ = lr_finder_run(cfg, args.out, args.experiment, note)
+    return 0
+
+
 def _summary(args: argparse.Namespace) -> int:
     from nin_search.accounting import format_summary, measure_cuda_peak, summarize
 
@@ -75,7 +107,7 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "summary": _summary}
+COMMANDS = {"train": _train, "lr-finder": _lr_finder, "summary": _summary}
 
 
 def main(argv: list[str] | None = None) -> int:

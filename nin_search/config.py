@@ -22,8 +22,14 @@ class ConfigError(ValueError):
     """A user's mistake in a config file, a --set override or a study file (exit code 2)."""
 
 
-def _f(default: Any, *, choices: tuple = (), lo: float | None = None, hi: float | None = None,
-       lo_open: bool = False) -> Any:
+def _f(
+    default: Any,
+    *,
+    choices: tuple = (),
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+) -> Any:
     """A config field with its allowed values, checked by validate()."""
     meta = {"choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open}
     return field(default=default, metadata=meta)
@@ -38,7 +44,9 @@ class ModelConfig:
     preset: str = _f("d2l", choices=PRESETS)  # d2l's NiN chapter model
     mlp_depth: int = _f(2, lo=0, hi=8)  # 1x1 convs after each block's spatial conv (d2l: 2)
     mlp_kernel: int = _f(1, choices=(1, 3))  # 3 = the exercise "replace the 1x1 convs by 3x3"
-    head: str = _f("gap", choices=("gap", "fc"))  # fc = Flatten + Linear instead of last block + GAP
+    head: str = _f(
+        "gap", choices=("gap", "fc")
+    )  # fc = Flatten + Linear instead of last block + GAP
     reduction: str = _f("one-step", choices=("one-step", "gradual"))  # last block's channel path
     dropout: float = _f(0.5, lo=0.0, hi=0.95)  # d2l: 0.5 before the last block
     batch_norm: bool = _f(False)  # BatchNorm after every conv but the logits conv
@@ -77,10 +85,23 @@ class TrainConfig:
 
 
 @dataclass
+class LRFinderConfig:
+    mode: str = _f("exp", choices=("exp", "linear"))  # how the lr grows from step to step
+    start_lr: float = _f(1e-7, lo=0.0, hi=100.0, lo_open=True)  # fastai's default
+    end_lr: float = _f(10.0, lo=0.0, hi=1000.0, lo_open=True)  # fastai's default
+    num_iter: int = _f(100, lo=10, hi=100_000)  # training steps, one batch each
+    beta: float = _f(0.98, lo=0.0, hi=0.999)  # EMA smoothing of the loss, debiased
+    stop_factor: float = _f(4.0, lo=1.0, lo_open=True)  # stop once smoothed loss > 4x best
+    use_val: bool = _f(False)  # Smith's variant: a fixed validation batch's loss at every step
+    val_images: int = _f(512, lo=1)  # size of that validation batch
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    lr_finder: LRFinderConfig = field(default_factory=LRFinderConfig)
 
 
 SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)}
@@ -99,7 +120,9 @@ def fields_by_name() -> dict[str, dataclasses.Field]:
 
 def flatten(cfg: Config) -> dict[str, Any]:
     """{'model.preset': 'd2l', ..., 'train.lr': 0.05, ...} in declaration order."""
-    return {f"{s}.{k}": v for s in SECTIONS for k, v in dataclasses.asdict(getattr(cfg, s)).items()}
+    return {
+        f"{s}.{k}": v for s in SECTIONS for k, v in dataclasses.asdict(getattr(cfg, s)).items()
+    }
 
 
 def config_hash(cfg: Config) -> str:
@@ -149,9 +172,7 @@ def check_value(key: str, value: Any, source: str) -> Any:
 
 def apply(cfg: Config, values: dict[str, Any], source: str) -> Config:
     """A copy of cfg with dotted values set, each checked."""
-    cfg = dataclasses.replace(
-        cfg, **{s: dataclasses.replace(getattr(cfg, s)) for s in SECTIONS}
-    )
+    cfg = dataclasses.replace(cfg, **{s: dataclasses.replace(getattr(cfg, s)) for s in SECTIONS})
     for key, value in values.items():
         value = check_value(key, value, source)
         section, name = key.split(".", 1)
@@ -161,10 +182,15 @@ def apply(cfg: Config, values: dict[str, Any], source: str) -> Config:
 
 
 def _check_combinations(cfg: Config, source: str) -> None:
-    t = cfg.train
+    t, f = cfg.train, cfg.lr_finder
+    if f.end_lr <= f.start_lr:
+        raise ConfigError(
+            f"{source}: lr_finder.end_lr = {f.end_lr} must be above "
+            f"lr_finder.start_lr = {f.start_lr}"
+        )
     if t.nesterov and (t.optimizer != "sgd" or t.momentum == 0):
         raise ConfigError(
-            f"{source}: train.nesterov = true needs train.optimizer = 'sgd' and train.momentum > 0,"
+            f"{source}: train.nesterov = true needs train.optimizer = 'sgd' and momentum > 0,"
             f" but got optimizer {t.optimizer!r} and momentum {t.momentum}"
         )
     if t.momentum and t.optimizer != "sgd":
@@ -231,10 +257,13 @@ def resolve_profile(profile: str | None, cuda: bool) -> str | None:
     return profile
 
 
-def load_config(path: str | None = None, overrides: list[str] | None = None,
-                profile: str | None = None) -> Config:
+def load_config(
+    path: str | None = None, overrides: list[str] | None = None, profile: str | None = None
+) -> Config:
     """Defaults, then the profile, then the TOML file, then --set overrides; all validated."""
     cfg = Config()
+    if profile and profile not in PROFILES:
+        raise ConfigError(f"--profile {profile!r}: expected one of {', '.join(PROFILES)}")
     if profile:
         cfg = apply(cfg, PROFILES[profile], f"profile {profile!r}")
     if path:

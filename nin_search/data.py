@@ -63,16 +63,20 @@ def read_idx(path: Path) -> torch.Tensor:
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-        raise DataError(f"{path}: cannot be read as {'gzip' if path.suffix == '.gz' else 'IDX'}"
-                        f" ({e}); delete it or point data.data_dir elsewhere") from None
+        raise DataError(
+            f"{path}: cannot be read as {'gzip' if path.suffix == '.gz' else 'IDX'}"
+            f" ({e}); delete it or point data.data_dir elsewhere"
+        ) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or not 1 <= raw[3] <= 4:
-        raise DataError(f"{path}: not an IDX file of uint8 (bad magic number {raw[:4].hex()});"
-                        f" delete it or point data.data_dir elsewhere")
+        raise DataError(
+            f"{path}: not an IDX file of uint8 (bad magic number {raw[:4].hex()});"
+            f" delete it or point data.data_dir elsewhere"
+        )
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DataError(f"{path}: truncated inside its header ({len(raw)} bytes)")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     want = 1
     for d in dims:
         want *= d
@@ -141,41 +145,59 @@ def locate(cfg: DataConfig) -> tuple[str, dict[str, Path]]:
     )
 
 
-def load_data(cfg: DataConfig, device: torch.device | str = "cpu",
-              with_test: bool = True) -> Data:
+def load_data(cfg: DataConfig, device: torch.device | str = "cpu", with_test: bool = True) -> Data:
     """Find, read, split and move the dataset to the device (once)."""
     where, files = locate(cfg)
     x, y = (read_idx(files[n]) for n in SPLITS["train"])
     tx, ty = (read_idx(files[n]) for n in SPLITS["test"]) if with_test else (None, None)
     for (img, lab), split in (((x, y), "train"), ((tx, ty), "test")):
         if img is not None and (img.ndim != 3 or lab.ndim != 1 or len(img) != len(lab)):
-            raise DataError(f"{files[SPLITS[split][0]]}: {tuple(img.shape)} images do not match "
-                            f"{tuple(lab.shape)} labels in {files[SPLITS[split][1]]}")
+            raise DataError(
+                f"{files[SPLITS[split][0]]}: {tuple(img.shape)} images do not match "
+                f"{tuple(lab.shape)} labels in {files[SPLITS[split][1]]}"
+            )
     return split_data(x, y, cfg, device, tx, ty, source=where)
 
 
-def split_data(x: torch.Tensor, y: torch.Tensor, cfg: DataConfig, device: torch.device | str,
-               test_x: torch.Tensor | None = None, test_y: torch.Tensor | None = None,
-               source: str = "tensors", num_classes: int = 10) -> Data:
+def split_data(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: DataConfig,
+    device: torch.device | str,
+    test_x: torch.Tensor | None = None,
+    test_y: torch.Tensor | None = None,
+    source: str = "tensors",
+    num_classes: int = 10,
+) -> Data:
     """Hold out data.val_size images by a permutation seeded with data.split_seed."""
     n = len(x)
     if cfg.val_size >= n:
         raise DataError(f"data.val_size = {cfg.val_size}: must be below the {n} training images")
     left = n - cfg.val_size
     if cfg.train_subset > left:
-        raise DataError(f"data.train_subset = {cfg.train_subset}: at most {left} images remain"
-                        f" after data.val_size = {cfg.val_size} (0 = all)")
+        raise DataError(
+            f"data.train_subset = {cfg.train_subset}: at most {left} images remain"
+            f" after data.val_size = {cfg.val_size} (0 = all)"
+        )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.split_seed))
-    val, train = perm[: cfg.val_size], perm[cfg.val_size:]
+    val, train = perm[: cfg.val_size], perm[cfg.val_size :]
     if cfg.train_subset:
         train = train[: cfg.train_subset]
 
     def put(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
         return None if t is None else t.to(device=device, dtype=dtype)
 
-    return Data(put(x[train], torch.uint8), put(y[train], torch.long), put(x[val], torch.uint8),
-                put(y[val], torch.long), put(test_x, torch.uint8), put(test_y, torch.long), cfg,
-                source, num_classes)
+    return Data(
+        put(x[train], torch.uint8),
+        put(y[train], torch.long),
+        put(x[val], torch.uint8),
+        put(y[val], torch.long),
+        put(test_x, torch.uint8),
+        put(test_y, torch.long),
+        cfg,
+        source,
+        num_classes,
+    )
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -184,7 +206,7 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     flip = torch.rand(b, device=x.device, generator=gen) < 0.5
     x = torch.where(flip[:, None, None], x.flip(-1), x)
     padded = F.pad(x, (CROP_PAD,) * 4)
-    dy, dx = (torch.randint(0, 2 * CROP_PAD + 1, (2, b), device=x.device, generator=gen))
+    dy, dx = torch.randint(0, 2 * CROP_PAD + 1, (2, b), device=x.device, generator=gen)
     rows = (torch.arange(h, device=x.device)[None] + dy[:, None])[:, :, None]  # (B, H, 1)
     cols = (torch.arange(w, device=x.device)[None] + dx[:, None])[:, None, :]  # (B, 1, W)
     return padded[torch.arange(b, device=x.device)[:, None, None], rows, cols]
@@ -198,12 +220,21 @@ def to_input(x: torch.Tensor, size: int, channels_last: bool = False) -> torch.T
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, cfg: DataConfig,
-            gen: torch.Generator | None = None, train: bool = False,
-            channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    cfg: DataConfig,
+    gen: torch.Generator | None = None,
+    train: bool = False,
+    channels_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(inputs, labels) batches: shuffled and augmented when train, in order otherwise."""
-    order = (torch.randperm(len(x), device=x.device, generator=gen) if train
-             else torch.arange(len(x), device=x.device))
+    order = (
+        torch.randperm(len(x), device=x.device, generator=gen)
+        if train
+        else torch.arange(len(x), device=x.device)
+    )
     for idx in order.split(batch_size):
         xb = x[idx]
         if train and cfg.augment:

@@ -9,7 +9,7 @@ ReLU. A preset is a list of steps:
     ("nin", conv_out, kernel, stride, padding, hidden, out)   a NiN block
     ("pool", kernel, stride, padding)                          max pooling
     ("drop",)                                                  dropout (model.dropout)
-    ("final", conv_out, kernel, stride, padding, hidden)       the last NiN block, ending in classes
+    ("final", conv_out, kernel, stride, padding, hidden)       the last block, ending in classes
 With mlp_depth = d >= 1 a block's channels go conv_out -> hidden (d - 1 times) -> out; with d = 0
 the spatial conv alone maps to `out`. None stands for the number of classes.
 
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import torch
 from torch import nn
 
 from nin_search.config import ConfigError, ModelConfig
@@ -87,8 +88,15 @@ def _widths(step: tuple, cfg: ModelConfig, c_in: int, classes: int) -> list[int]
     return [scale(conv_out)] + [scale(hidden)] * (d - 1) + [scale(out)]
 
 
-def nin_block(c_in: int, widths: list[int], kernel: int, stride: int, padding: int,
-              cfg: ModelConfig, logits: bool = False) -> nn.Sequential:
+def nin_block(
+    c_in: int,
+    widths: list[int],
+    kernel: int,
+    stride: int,
+    padding: int,
+    cfg: ModelConfig,
+    logits: bool = False,
+) -> nn.Sequential:
     """Spatial conv + 1x1 (or mlp_kernel x mlp_kernel) convs, each with BN (optional) and ReLU."""
     layers: list[tuple[str, nn.Module]] = []
     for i, c_out in enumerate(widths):
@@ -139,10 +147,14 @@ def spatial_trace(cfg: ModelConfig, size: int) -> list[tuple[str, nn.Module, int
     at the bottom and right edge are never visited (the forum's "why does 224 become 54?").
     """
     trace = []
-    layers, _ = _body(cfg, 1, 10)
+    with torch.device("meta"):  # only the layers' geometry is read: no memory, no init
+        layers, _ = _body(cfg, 1, 10)
     for name, module in layers:
-        for sub, m in ([(name, module)] if not isinstance(module, nn.Sequential)
-                       else [(f"{name}.{n}", x) for n, x in module.named_children()]):
+        for sub, m in (
+            [(name, module)]
+            if not isinstance(module, nn.Sequential)
+            else [(f"{name}.{n}", x) for n, x in module.named_children()]
+        ):
             if isinstance(m, nn.Conv2d | nn.MaxPool2d):
                 k, s, p = (_pair(m.kernel_size), _pair(m.stride), _pair(m.padding))
                 n_out = _out(size, k, s, p)
@@ -173,17 +185,19 @@ def check_input_size(cfg: ModelConfig, size: int, key: str = "data.resize") -> N
         return
     what = "max pool" if isinstance(m, nn.MaxPool2d) else "conv"
     k, s = _pair(m.kernel_size), _pair(m.stride)
+    least = min_input_size(cfg)
     raise ConfigError(
         f"{key}: a {size}x{size} input is too small for {PRESET_NAMES[cfg.preset]}: at {name} "
         f"({what} {k}x{k}, stride {s}) the feature map is {n_in}x{n_in} and would become "
-        f"{max(n_out, 0)}x{max(n_out, 0)}; the smallest input that works is "
-        f"{min_input_size(cfg)} (set {key} >= {min_input_size(cfg)})"
+        f"{max(n_out, 0)}x{max(n_out, 0)}; the smallest input that works is {least} "
+        f"(set {key} >= {least})"
     )
 
 
-def build_model(cfg: ModelConfig, input_size: int = 224, in_channels: int = 1,
-                num_classes: int = 10) -> nn.Sequential:
-    """The configured NiN for (N, in_channels, input_size, input_size) input, Xavier-initialised."""
+def build_model(
+    cfg: ModelConfig, input_size: int = 224, in_channels: int = 1, num_classes: int = 10
+) -> nn.Sequential:
+    """The configured NiN for (N, in_channels, input_size, input_size) input, Xavier init."""
     check_input_size(cfg, input_size)
     layers, c = _body(cfg, in_channels, num_classes)
     if cfg.head == "gap":
@@ -202,5 +216,12 @@ def count_params(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-__all__ = ["build_model", "check_input_size", "count_params", "min_input_size", "nin_block",
-           "spatial_trace", "PRESETS"]
+__all__ = [
+    "build_model",
+    "check_input_size",
+    "count_params",
+    "min_input_size",
+    "nin_block",
+    "spatial_trace",
+    "PRESETS",
+]

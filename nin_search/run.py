@@ -10,14 +10,20 @@ artifacts.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
+import time
+from pathlib import Path
 
 import mlflow
+from mlflow.entities import Metric
 
 from nin_search.accounting import format_summary, summarize
-from nin_search.config import Config, flatten, to_toml
+from nin_search.config import Config, ConfigError, flatten, to_toml
 from nin_search.data import load_data
-from nin_search.plots import training_curves
+from nin_search.lr_finder import Finding, find_lr
+from nin_search.plots import lr_finder_curve, training_curves
 from nin_search.tracking import experiment_id, mask, run_tags, setup_tracking, ui_command
 from nin_search.train import evaluate, fit, resolve_device
 
@@ -26,15 +32,18 @@ METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "img_per_s", 
 
 def epoch_line(m: dict, epochs: int) -> str:
     """The one fixed log line per epoch."""
-    line = (f"epoch {m['epoch']:>3}/{epochs}  train_loss {m['train_loss']:.4f}  "
-            f"train_acc {m['train_acc']:.4f}  val_loss {m['val_loss']:.4f}  "
-            f"val_acc {m['val_acc']:.4f}  lr {m['lr']:.4g}  {m['img_per_s']:,.0f} img/s  "
-            f"{m['epoch_time_s']:.1f} s")
+    line = (
+        f"epoch {m['epoch']:>3}/{epochs}  train_loss {m['train_loss']:.4f}  "
+        f"train_acc {m['train_acc']:.4f}  val_loss {m['val_loss']:.4f}  "
+        f"val_acc {m['val_acc']:.4f}  lr {m['lr']:.4g}  {m['img_per_s']:,.0f} img/s  "
+        f"{m['epoch_time_s']:.1f} s"
+    )
     return line + (f"  peak {m['peak_mem_mib']:,.0f} MiB" if "peak_mem_mib" in m else "")
 
 
-def train_run(cfg: Config, experiment: str = "nin-train", final_eval: bool = False,
-              profile_note: str = "") -> int:
+def train_run(
+    cfg: Config, experiment: str = "nin-train", final_eval: bool = False, profile_note: str = ""
+) -> int:
     """Train cfg once, tracked in MLflow; returns the exit code (0 done, 1 diverged)."""
     device = resolve_device(cfg.train.device)
     summary = summarize(cfg)  # validates the input size before any data is read
@@ -43,8 +52,10 @@ def train_run(cfg: Config, experiment: str = "nin-train", final_eval: bool = Fal
     data = load_data(cfg.data, device, with_test=final_eval)
     if profile_note:
         print(profile_note)
-    print(f"data: {cfg.data.dataset} from {data.source}: {len(data.train_x):,} train / "
-          f"{len(data.val_x):,} val images at {data.input_size} px on {device}")
+    print(
+        f"data: {cfg.data.dataset} from {data.source}: {len(data.train_x):,} train / "
+        f"{len(data.val_x):,} val images at {data.input_size} px on {device}"
+    )
     t = summary["totals"]
     print(f"model: {cfg.model.preset}, {t['params']:,} params, {t['macs']:,} MACs per image")
 
@@ -64,25 +75,30 @@ def train_run(cfg: Config, experiment: str = "nin-train", final_eval: bool = Fal
         mlflow.set_tag("nin.status", result.status)
         if result.history:
             mlflow.log_metric("best_val_acc", result.best_val_acc)
-            mlflow.log_figure(training_curves(result.history, f"{cfg.model.preset} run"),
-                              "training_curves.html")
+            mlflow.log_figure(
+                training_curves(result.history, f"{cfg.model.preset} run"), "training_curves.html"
+            )
         if result.status == "diverged":
             epoch, step = result.diverged_at
             mlflow.set_tags({"nin.diverged_epoch": epoch, "nin.diverged_step": step})
             print(f"diverged: {result.reason}")
         elif final_eval:
-            loss, acc = evaluate(result.model, data.test_x, data.test_y, data,
-                                 channels_last=device.type == "cuda")
+            loss, acc = evaluate(
+                result.model, data.test_x, data.test_y, data, channels_last=device.type == "cuda"
+            )
             mlflow.log_metrics({"test_loss": loss, "test_acc": acc})
-            print(f"final evaluation on the test set (never used for tuning): "
-                  f"test_loss {loss:.4f}  test_acc {acc:.4f}")
+            print(
+                f"final evaluation on the test set (never used for tuning): "
+                f"test_loss {loss:.4f}  test_acc {acc:.4f}"
+            )
         if result.status != "diverged":
             best = max(result.history, key=lambda h: h["val_acc"])
             print(f"done: best val_acc {best['val_acc']:.4f} at epoch {best['epoch']}")
     if result.status == "diverged":
         mlflow.tracking.MlflowClient().set_terminated(run.info.run_id, "FAILED")
-    print(f"run {run.info.run_id} logged to {mask(uri)}; open the MLflow UI with: "
-          f"{ui_command(uri)}")
+    print(
+        f"run {run.info.run_id} logged to {mask(uri)}; open the MLflow UI with: {ui_command(uri)}"
+    )
     return 1 if result.status == "diverged" else 0
 
 
@@ -93,3 +109,156 @@ def _print(line: str) -> None:
         tqdm.write(line)
     except ImportError:
         print(line)
+
+
+FINDER_EXPERIMENT = "nin-lr-finder"
+# what shapes an LR range test's curve: the model, the optimizer and the data, not the lr itself
+FINDER_KEYS = (
+    "model.",
+    "data.dataset",
+    "data.resize",
+    "data.augment",
+    "data.val_size",
+    "data.split_seed",
+    "data.train_subset",
+    "train.optimizer",
+    "train.momentum",
+    "train.nesterov",
+    "train.weight_decay",
+    "train.batch_size",
+    "train.label_smoothing",
+    "lr_finder.",
+)
+
+
+def finder_key(cfg: Config) -> str:
+    """A hash of the settings an lr-finder result holds for (12 hex digits)."""
+    same = {k: v for k, v in flatten(cfg).items() if k.startswith(FINDER_KEYS)}
+    return hashlib.sha256(json.dumps(same, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _suggestion_table(f: Finding) -> str:
+    import pandas as pd
+
+    rows = [{"suggestion": k, "lr": f"{v:.3g}"} for k, v in f.suggestions.items()]
+    rows.append({"suggestion": "recommended (valley)", "lr": f"{f.recommended_lr:.3g}"})
+    low, high = f.recommended_range
+    rows.append({"suggestion": "sweep range", "lr": f"[{low:.3g}, {high:.3g}]"})
+    return pd.DataFrame(rows).to_string(index=False)
+
+
+def lr_finder_run(
+    cfg: Config,
+    out: str | None = None,
+    experiment: str = FINDER_EXPERIMENT,
+    profile_note: str = "",
+    quiet: bool = False,
+) -> tuple[Finding, str]:
+    """The LR range test, written to <out>/lr_finder.{json,html} and one MLflow run."""
+    say = (lambda *a: None) if quiet else print
+    device = resolve_device(cfg.train.device)
+    summarize(cfg)  # validates the input size before any data is read
+    uri = setup_tracking()
+    exp_id = experiment_id(experiment)
+    folder = Path(out or Path("reports/lr-finder") / time.strftime("%Y%m%d-%H%M%S"))
+    folder.mkdir(parents=True, exist_ok=True)
+    data = load_data(cfg.data, device, with_test=False)
+    if profile_note:
+        say(profile_note)
+    say(
+        f"data: {cfg.data.dataset} from {data.source}: {len(data.train_x):,} training images "
+        f"at {data.input_size} px on {device}"
+    )
+    c = cfg.lr_finder
+    say(
+        f"lr-finder: {cfg.model.preset}, {cfg.train.optimizer}, {c.mode} sweep from "
+        f"{c.start_lr:g} to {c.end_lr:g} over {c.num_iter} steps of {cfg.train.batch_size}"
+    )
+    tags = run_tags(cfg, str(device)) | {
+        "nin.command": "lr-finder",
+        "nin.finder_key": finder_key(cfg),
+    }
+    with mlflow.start_run(experiment_id=exp_id, tags=tags) as run:
+        mlflow.log_params(flatten(cfg))
+        finding = find_lr(cfg, data, progress=sys.stderr.isatty() and not quiet)
+        curve = finding.curve
+        stamp = int(time.time() * 1000)
+        metrics = [
+            Metric(k, v, stamp, i)
+            for i, (lr, loss, sm) in enumerate(
+                zip(curve.lrs, curve.losses, curve.smoothed, strict=True)
+            )
+            for k, v in (("lr", lr), ("loss", loss), ("smoothed_loss", sm))
+        ]
+        client = mlflow.MlflowClient()
+        for start in range(0, len(metrics), 900):  # log_batch takes up to 1000 metrics
+            client.log_batch(run.info.run_id, metrics=metrics[start : start + 900])
+        if finding.status == "ok":
+            low, high = finding.recommended_range
+            mlflow.log_metrics(
+                {f"suggested_{k}": v for k, v in finding.suggestions.items()}
+                | {
+                    "recommended_lr": finding.recommended_lr,
+                    "recommended_lr_low": low,
+                    "recommended_lr_high": high,
+                }
+            )
+        mlflow.set_tags({"nin.status": finding.status, "nin.message": finding.message[:5000]})
+        report = finding.to_json() | {"mlflow_run_id": run.info.run_id, "config": flatten(cfg)}
+        (folder / "lr_finder.json").write_text(json.dumps(report, indent=2))
+        lr_finder_curve(finding).write_html(folder / "lr_finder.html")
+        mlflow.log_artifact(str(folder / "lr_finder.json"))
+        mlflow.log_artifact(str(folder / "lr_finder.html"))
+    say(f"stopped: {curve.stop_reason} after {len(curve.lrs)} steps")
+    if finding.status == "ok":
+        say(_suggestion_table(finding))
+        say(
+            f"recommended lr: {finding.recommended_lr:.3g} (train.lr); sweep range "
+            f"[{finding.recommended_range[0]:.3g}, {finding.recommended_range[1]:.3g}]"
+        )
+    else:
+        say(f"no recommendation: {finding.message}")
+    say(f"plot: {folder / 'lr_finder.html'}  json: {folder / 'lr_finder.json'}")
+    say(f"run {run.info.run_id} logged to {mask(uri)}; open the MLflow UI with: {ui_command(uri)}")
+    return finding, run.info.run_id
+
+
+def lr_range_from_finder(
+    cfg: Config, experiment: str = FINDER_EXPERIMENT, run_if_missing: bool = True
+) -> tuple[float, float, str]:
+    """(low, high, run id): the recommended range of the latest lr-finder run whose model,
+    optimizer and data settings match cfg; runs the finder first when there is none.
+
+    This is what a study's `"train.lr" = { from_lr_finder = true }` resolves to.
+    """
+    setup_tracking()
+    key = finder_key(cfg)
+    runs = mlflow.search_runs(
+        experiment_names=[experiment],
+        output_format="list",
+        max_results=1,
+        filter_string=f"tags.`nin.finder_key` = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    )
+    if runs:
+        run = runs[0]
+        if run.data.tags.get("nin.status") != "ok":
+            raise ConfigError(
+                f"train.lr = {{ from_lr_finder = true }}: the latest lr-finder run for these "
+                f"settings ({run.info.run_id}) found no lr: {run.data.tags.get('nin.message')}; "
+                f"give train.lr a range {{ low, high, log = true }} instead"
+            )
+        m = run.data.metrics
+        return m["recommended_lr_low"], m["recommended_lr_high"], run.info.run_id
+    if not run_if_missing:
+        raise ConfigError(
+            f"no lr-finder run in experiment {experiment!r} matches these model, "
+            f"optimizer and data settings (finder key {key})"
+        )
+    finding, run_id = lr_finder_run(cfg, experiment=experiment)
+    if finding.status != "ok":
+        raise ConfigError(
+            f"train.lr = {{ from_lr_finder = true }}: the lr-finder run "
+            f"{run_id} found no lr: {finding.message}"
+        )
+    return (*finding.recommended_range, run_id)

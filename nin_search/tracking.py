@@ -1,8 +1,8 @@
 """MLflow plumbing: the store, experiments, run tags, and passwords kept out of logs.
 
-    uri = setup_tracking()                       # $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db
-    exp_id = experiment_id("nin-train")
-    with mlflow.start_run(experiment_id=exp_id, tags=run_tags(cfg)): ...
+uri = setup_tracking()                       # $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db
+exp_id = experiment_id("nin-train")
+with mlflow.start_run(experiment_id=exp_id, tags=run_tags(cfg)): ...
 """
 
 from __future__ import annotations
@@ -73,10 +73,21 @@ def git_commit() -> str:
     """The source tree's commit (with '+dirty' when it has changes), or 'unknown'."""
     here = Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=here, capture_output=True, text=True, timeout=5).stdout
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout
         return sha + ("+dirty" if dirty.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -58,8 +58,9 @@ def resolve_device(name: str) -> torch.device:
 
 def make_optimizer(t: TrainConfig, params) -> torch.optim.Optimizer:
     if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov,
-                               weight_decay=t.weight_decay)
+        return torch.optim.SGD(
+            params, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay
+        )
     cls = torch.optim.Adam if t.optimizer == "adam" else torch.optim.AdamW
     return cls(params, lr=t.lr, weight_decay=t.weight_decay)
 
@@ -70,8 +71,15 @@ def make_schedule(t: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: i
     total = t.epochs * steps_per_epoch
     warm = min(round(t.warmup_epochs * steps_per_epoch), total - 1)
     if t.schedule == "onecycle":  # its own warmup: pct_start of the steps (0.3 unless set)
-        return sched.OneCycleLR(opt, max_lr=t.lr, total_steps=total, cycle_momentum=False,
-                                pct_start=warm / total if warm else 0.3)
+        # one spare step: fit() steps the schedule after the last batch too, and OneCycleLR
+        # extrapolates past its end (pytorch#91765)
+        return sched.OneCycleLR(
+            opt,
+            max_lr=t.lr,
+            total_steps=total + 1,
+            cycle_momentum=False,
+            pct_start=warm / (total + 1) if warm else 0.3,
+        )
     main = {
         "constant": lambda: sched.LambdaLR(opt, lambda step: 1.0),
         "cosine": lambda: sched.CosineAnnealingLR(opt, T_max=max(1, total - warm)),
@@ -84,13 +92,16 @@ def make_schedule(t: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: i
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: Data,
-             channels_last: bool = False) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: Data, channels_last: bool = False
+) -> tuple[float, float]:
     """(mean loss, accuracy) over (x, y); one host sync at the end."""
     model.eval()
     loss = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
-    for xb, yb in batches(x, y, EVAL_BATCH.get(x.device.type, 1024), data.cfg, channels_last=channels_last):
+    for xb, yb in batches(
+        x, y, EVAL_BATCH.get(x.device.type, 1024), data.cfg, channels_last=channels_last
+    ):
         with _autocast(x.device):
             logits = model(xb).float()
         loss += nn.functional.cross_entropy(logits, yb, reduction="sum")
@@ -108,8 +119,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def fit(cfg: Config, data: Data, on_epoch: Callable[[dict], str | None] | None = None,
-        progress: bool = False) -> FitResult:
+def fit(
+    cfg: Config,
+    data: Data,
+    on_epoch: Callable[[dict], str | None] | None = None,
+    progress: bool = False,
+) -> FitResult:
     """Train cfg's model on data.train_*, validate on data.val_* every epoch."""
     t = cfg.train
     device = data.train_x.device
@@ -134,13 +149,25 @@ def fit(cfg: Config, data: Data, on_epoch: Callable[[dict], str | None] | None =
         model.train()
         losses = torch.zeros(steps, device=device)  # per-step losses, read once per epoch
         correct = torch.zeros((), device=device, dtype=torch.long)
-        bar = (tqdm(total=steps, desc=f"epoch {epoch}/{t.epochs}", leave=False, unit="step")
-               if progress and tqdm else None)
+        bar = (
+            tqdm(total=steps, desc=f"epoch {epoch}/{t.epochs}", leave=False, unit="step")
+            if progress and tqdm
+            else None
+        )
         _sync(device)
         start = time.perf_counter()
         checked = 0  # steps already known to be finite
-        for i, (xb, yb) in enumerate(batches(data.train_x, data.train_y, t.batch_size, data.cfg,
-                                             gen, train=True, channels_last=cuda)):
+        for i, (xb, yb) in enumerate(
+            batches(
+                data.train_x,
+                data.train_y,
+                t.batch_size,
+                data.cfg,
+                gen,
+                train=True,
+                channels_last=cuda,
+            )
+        ):
             with _autocast(device):
                 logits = step_model(xb)
             loss = criterion(logits.float(), yb)
@@ -153,13 +180,15 @@ def fit(cfg: Config, data: Data, on_epoch: Callable[[dict], str | None] | None =
             if bar is not None:
                 bar.update()
             if (i + 1) % check_every == 0 or i + 1 == steps:  # a host sync on CUDA
-                bad = ~torch.isfinite(losses[checked: i + 1])
+                bad = ~torch.isfinite(losses[checked : i + 1])
                 checked = i + 1
                 if bad.any():
                     step = checked - len(bad) + int(bad.nonzero()[0]) + 1
                     result.status, result.diverged_at = "diverged", (epoch, step)
-                    result.reason = (f"loss became non-finite at epoch {epoch}, step {step} "
-                                     f"(lr {opt.param_groups[0]['lr']:.3g}); lower train.lr")
+                    result.reason = (
+                        f"loss became non-finite at epoch {epoch}, step {step} "
+                        f"(lr {opt.param_groups[0]['lr']:.3g}); lower train.lr"
+                    )
                     break
         if bar is not None:
             bar.close()

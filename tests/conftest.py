@@ -70,3 +70,14 @@ def offline_nowhere(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("NIN_SEARCH_DATA", raising=False)
     monkeypatch.setenv("NIN_SEARCH_OFFLINE", "1")
     return tmp_path
+
+
+def squares(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n uint8 28x28 images: class k is a bright block in cell k of a 2x5 grid, on dim noise."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 10, (n,), generator=g)
+    x = torch.randint(0, 40, (n, 28, 28), generator=g).to(torch.uint8)
+    for k in range(10):
+        r, c = divmod(k, 5)
+        x[y == k, 3 + 12 * r : 11 + 12 * r, 1 + 5 * c : 6 + 5 * c] = 255
+    return x, y

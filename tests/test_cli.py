@@ -11,6 +11,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from nin_search.config import ConfigError
+
 TINY = """
 [model]
 preset = "lin2013"
@@ -30,8 +32,14 @@ lr = 0.003
 def cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     full |= {"NIN_SEARCH_OFFLINE": "1", "PYTHONUNBUFFERED": "1"} | (env or {})
-    return subprocess.run([sys.executable, "-m", "nin_search", *args], cwd=cwd, env=full,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "nin_search", *args],
+        cwd=cwd,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture
@@ -42,8 +50,15 @@ def tiny(tmp_path: Path, make_idx_dir) -> Path:
 
 
 def test_train_logs_params_and_per_epoch_metrics_to_the_default_store(tiny: Path):
-    res = cli("train", "--config", "tiny.toml", "--set", f"data.data_dir={tiny / 'idx'}",
-              "--final-eval", cwd=tiny)
+    res = cli(
+        "train",
+        "--config",
+        "tiny.toml",
+        "--set",
+        f"data.data_dir={tiny / 'idx'}",
+        "--final-eval",
+        cwd=tiny,
+    )
     assert res.returncode == 0, res.stderr
     # the default store is sqlite:///mlruns/mlflow.db relative to where the command ran
     assert (tiny / "mlruns" / "mlflow.db").is_file()
@@ -60,8 +75,15 @@ def test_train_logs_params_and_per_epoch_metrics_to_the_default_store(tiny: Path
     assert run["tags.nin.config_hash"] and run["tags.nin.device"] == "cpu"
     assert run["status"] == "FINISHED"
     client = mlflow.MlflowClient()
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "img_per_s",
-                "epoch_time_s"):
+    for key in (
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "lr",
+        "img_per_s",
+        "epoch_time_s",
+    ):
         history = client.get_metric_history(run["run_id"], key)
         # one value per epoch with step = epoch
         assert sorted(m.step for m in history) == [1, 2], key
@@ -76,8 +98,16 @@ def test_train_logs_params_and_per_epoch_metrics_to_the_default_store(tiny: Path
 
 
 def test_auto_profile_says_which_profile_it_picked(tiny: Path):
-    res = cli("train", "--config", "tiny.toml", "--set", f"data.data_dir={tiny / 'idx'}",
-              "--set", "train.epochs=1", cwd=tiny)
+    res = cli(
+        "train",
+        "--config",
+        "tiny.toml",
+        "--set",
+        f"data.data_dir={tiny / 'idx'}",
+        "--set",
+        "train.epochs=1",
+        cwd=tiny,
+    )
     assert res.returncode == 0, res.stderr
     # no CUDA here, so auto picks quick and says so; the file and --set win over the profile
     assert "profile: quick (auto: no CUDA device)" in res.stdout
@@ -86,8 +116,18 @@ def test_auto_profile_says_which_profile_it_picked(tiny: Path):
 
 
 def test_diverging_run_exits_1_and_ends_failed(tiny: Path):
-    res = cli("train", "--config", "tiny.toml", "--set", f"data.data_dir={tiny / 'idx'}",
-              "--set", "train.optimizer='sgd'", "--set", "train.lr=100", cwd=tiny)
+    res = cli(
+        "train",
+        "--config",
+        "tiny.toml",
+        "--set",
+        f"data.data_dir={tiny / 'idx'}",
+        "--set",
+        "train.optimizer='sgd'",
+        "--set",
+        "train.lr=100",
+        cwd=tiny,
+    )
     assert res.returncode == 1, res.stderr
     assert "diverged: loss became non-finite at epoch 1, step" in res.stdout
     mlflow.set_tracking_uri(f"sqlite:///{tiny / 'mlruns' / 'mlflow.db'}")
@@ -158,8 +198,14 @@ def test_missing_data_is_one_line_listing_every_way(tmp_path: Path):
     # MNIST: Debian's dataset-mnist is not installed here, and NIN_SEARCH_OFFLINE=1 skips the
     # download, so every way fails
     assert not Path("/usr/share/datasets/mnist").exists()
-    res = cli("train", "--set", "data.dataset=mnist",
-              "--set", f"data.data_dir={tmp_path / 'nowhere'}", cwd=tmp_path)
+    res = cli(
+        "train",
+        "--set",
+        "data.dataset=mnist",
+        "--set",
+        f"data.data_dir={tmp_path / 'nowhere'}",
+        cwd=tmp_path,
+    )
     assert res.returncode == 2
     assert len(res.stderr.strip().splitlines()) == 1
     for way in ("data.data_dir", "dataset-mnist", "./data", "download", "NIN_SEARCH_DATA"):
@@ -175,8 +221,95 @@ def test_debug_shows_the_traceback(tmp_path: Path):
 def test_unusable_tracking_store_is_one_line(tiny: Path):
     (tiny / "a_file").write_text("not a folder")
     uri = f"sqlite:///{tiny}/a_file/mlflow.db"  # a database path below a plain file
-    res = cli("train", "--config", "tiny.toml", "--set", f"data.data_dir={tiny / 'idx'}",
-              cwd=tiny, env={"MLFLOW_TRACKING_URI": uri})
+    res = cli(
+        "train",
+        "--config",
+        "tiny.toml",
+        "--set",
+        f"data.data_dir={tiny / 'idx'}",
+        cwd=tiny,
+        env={"MLFLOW_TRACKING_URI": uri},
+    )
     assert res.returncode == 2, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert f"MLflow store {uri} cannot be used" in res.stderr
+
+
+def test_lr_finder_writes_json_html_and_an_mlflow_run(tiny: Path):
+    res = cli(
+        "lr-finder",
+        "--config",
+        "tiny.toml",
+        "--set",
+        f"data.data_dir={tiny / 'idx'}",
+        "--set",
+        "lr_finder.num_iter=20",
+        "--set",
+        "lr_finder.end_lr=1",
+        "--out",
+        "out",
+        cwd=tiny,
+    )
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tiny / "out" / "lr_finder.json").read_text())
+    # the JSON holds the three suggestions (or says plainly why there are none) and the curve
+    assert report["status"] in ("ok", "no-descent", "diverged-at-once")
+    if report["status"] == "ok":
+        assert set(report["suggestions"]) == {"valley", "steep", "minimum"}
+        low, high = report["recommended_range"]
+        assert low < report["recommended_lr"] < high
+    n = len(report["curve"]["lr"])
+    assert 0 < n <= 20 and len(report["curve"]["smoothed_loss"]) == n
+    assert "plotly" in (tiny / "out" / "lr_finder.html").read_text()[:100_000].lower()
+    mlflow.set_tracking_uri(f"sqlite:///{tiny / 'mlruns' / 'mlflow.db'}")
+    run = mlflow.search_runs(experiment_names=["nin-lr-finder"]).iloc[0]
+    assert run["run_id"] == report["mlflow_run_id"]
+    assert run["params.lr_finder.num_iter"] == "20"
+    client = mlflow.MlflowClient()
+    # per-iteration metrics with step = iteration
+    for key in ("lr", "loss", "smoothed_loss"):
+        assert [m.step for m in client.get_metric_history(run["run_id"], key)] == list(range(n))
+    artifacts = {a.path for a in client.list_artifacts(run["run_id"])}
+    assert {"lr_finder.json", "lr_finder.html"} <= artifacts
+    assert "out/lr_finder.html" in res.stdout and "mlflow server" in res.stdout
+
+
+def test_sweep_link_reuses_the_matching_finder_run(tmp_path: Path, monkeypatch, idx_writer):
+    from conftest import squares
+
+    from nin_search.config import load_config
+    from nin_search.run import lr_range_from_finder
+
+    for prefix, n in (("train", 448), ("t10k", 32)):  # an easy task whose curve has a valley
+        x, y = squares(n)
+        idx_writer(tmp_path / f"{prefix}-images-idx3-ubyte", x)
+        idx_writer(tmp_path / f"{prefix}-labels-idx1-ubyte", y)
+    sets = [
+        f"data.data_dir={tmp_path}",
+        "data.val_size=64",
+        "data.resize=16",
+        "model.preset=lin2013",
+        "model.width=0.25",
+        "model.final_relu=false",
+        "model.dropout=0",
+        "train.optimizer=adam",
+        "train.batch_size=32",
+        "lr_finder.num_iter=100",
+        "lr_finder.start_lr=1e-5",
+        "lr_finder.end_lr=1",
+    ]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_config(overrides=sets)
+    low, high, run_id = lr_range_from_finder(cfg)  # no finder run yet: it runs one first
+    assert 0 < low < high
+    # a second call with the same model, optimizer and data takes the same run ...
+    assert lr_range_from_finder(cfg, run_if_missing=False) == (low, high, run_id)
+    # ... the lr itself or the epochs do not change which run matches ...
+    other = load_config(overrides=sets + ["train.lr=0.5", "train.epochs=9"])
+    assert lr_range_from_finder(other, run_if_missing=False)[2] == run_id
+    # ... and another optimizer needs a run of its own
+    with pytest.raises(ConfigError, match="no lr-finder run"):
+        lr_range_from_finder(
+            load_config(overrides=sets + ["train.optimizer=sgd"]), run_if_missing=False
+        )

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from conftest import squares
 from torch import nn
 
 from nin_search.config import TrainConfig, load_config
@@ -28,17 +29,6 @@ HISTORY_KEYS = {
 }
 # lin2013 accepts any size; at quarter width and 16 px a step takes milliseconds on a CPU
 SMALL_RUN = ["model.preset=lin2013", "model.width=0.25", "data.resize=16", "train.batch_size=16"]
-
-
-def squares(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """n uint8 28x28 images: class k is a bright block in cell k of a 2x5 grid, on dim noise."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 10, (n,), generator=g)
-    x = torch.randint(0, 40, (n, 28, 28), generator=g).to(torch.uint8)
-    for k in range(10):
-        r, c = divmod(k, 5)
-        x[y == k, 3 + 12 * r : 11 + 12 * r, 1 + 5 * c : 6 + 5 * c] = 255
-    return x, y
 
 
 def run(sets: list[str], n: int = 80, val: int = 16, on_epoch=None):
