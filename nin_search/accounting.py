@@ -70,7 +70,7 @@ def summarize(cfg: Config, in_channels: int = 1, num_classes: int = 10) -> dict[
         if not list(m.children()):
             m.register_forward_hook(hook(name))
     with torch.no_grad():
-        net.to("meta")(torch.empty(1, in_channels, size, size, device="meta"))
+        net.to("meta").eval()(torch.empty(1, in_channels, size, size, device="meta"))
 
     params = sum(r["params"] for r in rows)
     macs = sum(r["macs"] for r in rows)
