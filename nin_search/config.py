@@ -190,8 +190,8 @@ def _check_combinations(cfg: Config, source: str) -> None:
         )
     if t.nesterov and (t.optimizer != "sgd" or t.momentum == 0):
         raise ConfigError(
-            f"{source}: train.nesterov = true needs train.optimizer = 'sgd' and momentum > 0,"
-            f" but got optimizer {t.optimizer!r} and momentum {t.momentum}"
+            f"{source}: train.nesterov = true needs train.optimizer = 'sgd' and "
+            f"train.momentum > 0, but got optimizer {t.optimizer!r} and momentum {t.momentum}"
         )
     if t.momentum and t.optimizer != "sgd":
         raise ConfigError(
