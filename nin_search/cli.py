@@ -58,6 +58,26 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--experiment", default="nin-lr-finder", help="MLflow experiment name")
 
+    p = sub.add_parser("sweep", help="an Optuna study, every trial an MLflow run")
+    p.add_argument("study", metavar="STUDY.toml")
+    p.add_argument("--n-trials", type=int, help="finished trials to reach (default: the file's)")
+    p.add_argument("--timeout", help="stop starting trials after this long: 90m, 2h, 3600")
+    p.add_argument(
+        "--storage",
+        help="Optuna storage URL (default $NIN_SEARCH_STORAGE or "
+        "sqlite:///mlruns/optuna.db); a .log path = journal file",
+    )
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    p.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="override the study's shared settings by dotted name",
+    )
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+
     p = sub.add_parser("summary", help="per-layer shapes, params, MACs, memory")
     _common(p, None)
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
@@ -107,7 +127,42 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "lr-finder": _lr_finder, "summary": _summary}
+def _duration(text: str | None) -> float | None:
+    if text is None:
+        return None
+    import pandas as pd
+
+    try:
+        seconds = (
+            float(text)
+            if text.replace(".", "", 1).isdigit()
+            else (pd.Timedelta(text).total_seconds())
+        )
+    except ValueError:
+        seconds = -1
+    if seconds <= 0:
+        raise ConfigError(f"--timeout {text!r}: expected a positive duration like 90m, 2h, 3600")
+    return seconds
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from nin_search.config import parse_overrides
+    from nin_search.study import load_study
+    from nin_search.sweep import run_sweep, storage_url
+
+    if args.workers < 1 or (args.n_trials is not None and args.n_trials < 1):
+        raise ConfigError("--workers and --n-trials must be >= 1")
+    study = load_study(args.study, parse_overrides(args.overrides))
+    url = storage_url(args.storage)
+    tail = [args.study, "--storage", url] + [f"--set={o}" for o in args.overrides]
+    if args.n_trials:
+        tail += ["--n-trials", str(args.n_trials)]
+    if args.timeout:
+        tail += ["--timeout", args.timeout]
+    return run_sweep(study, url, args.n_trials, _duration(args.timeout), args.workers, tail)
+
+
+COMMANDS = {"sweep": _sweep, "train": _train, "lr-finder": _lr_finder, "summary": _summary}
 
 
 def main(argv: list[str] | None = None) -> int:

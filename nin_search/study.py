@@ -1,0 +1,225 @@
+"""Study files: TOML that names a search (or an ablation) over dotted config keys.
+
+    name = "nin-lr-dropout-depth"
+    n_trials = 40                       # finished trials (complete or pruned) to reach
+    profile = "d2l"                     # optional: d2l | quick, under the tables below
+    [train]                             # optional [model] [data] [train] [lr_finder] overrides
+    epochs = 10
+    [params]
+    "train.lr" = { low = 1e-3, high = 0.3, log = true }
+    "model.dropout" = { low = 0.0, high = 0.7 }
+    "model.mlp_depth" = { low = 0, high = 3 }            # int: both bounds are ints
+    "model.head" = { choices = ["gap", "fc"] }
+    # "train.lr" = { from_lr_finder = true }            # the latest lr-finder range
+    [sampler]
+    type = "tpe"                        # tpe (seeded) | random | cmaes | gp | grid
+    seed = 0
+    [pruner]
+    type = "hyperband"          # median | hyperband | successive-halving | percentile | none
+
+Everything is checked here, before anything runs; mistakes raise ConfigError naming the file,
+the key and the value. Standard library only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from nin_search.config import (
+    PROFILES,
+    SECTIONS,
+    Config,
+    ConfigError,
+    apply,
+    check_value,
+    fields_by_name,
+    flatten_toml,
+    read_toml,
+)
+
+SAMPLERS = ("tpe", "random", "cmaes", "gp", "grid")
+PRUNERS = ("median", "hyperband", "successive-halving", "percentile", "none")
+OBJECTIVES = {  # name: (metric per epoch, direction, how the epochs reduce to one value)
+    "best_val_acc": ("val_acc", "maximize", max),
+    "final_val_acc": ("val_acc", "maximize", lambda v: v[-1]),
+    "best_val_loss": ("val_loss", "minimize", min),
+}
+TOP_KEYS = {"name", "n_trials", "profile", "objective", "params", "sampler", "pruner"}
+
+
+@dataclass
+class Param:
+    name: str  # dotted config key
+    kind: str  # "float" | "int" | "categorical" | "lr_finder"
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class Study:
+    name: str
+    path: str
+    n_trials: int
+    base: dict[str, Any]  # dotted values from the file's tables (and --set)
+    params: dict[str, Param]
+    sampler: dict[str, Any]
+    pruner: dict[str, Any]
+    objective: str = "best_val_acc"
+    profile: str | None = None
+
+    def base_config(self) -> Config:
+        """Defaults, then the study's profile, then its tables (and --set)."""
+        cfg = Config()
+        if self.profile:
+            cfg = apply(cfg, PROFILES[self.profile], f"{self.path}: profile {self.profile!r}")
+        return apply(cfg, self.base, self.path)
+
+
+def _param(path: str, name: str, spec: Any) -> Param:
+    where = f'{path}: [params] "{name}"'
+    if name not in fields_by_name():
+        raise ConfigError(f"{where}: unknown key; known keys: {', '.join(fields_by_name())}")
+    if not isinstance(spec, dict):
+        raise ConfigError(
+            f"{where} = {spec!r}: expected {{ low, high, log }}, "
+            f"{{ choices = [...] }} or {{ from_lr_finder = true }}"
+        )
+    keys = set(spec)
+    if keys == {"from_lr_finder"}:
+        if name != "train.lr" or spec["from_lr_finder"] is not True:
+            raise ConfigError(f"{where}: from_lr_finder = true applies to train.lr only")
+        return Param(name, "lr_finder", log=True)
+    if "choices" in keys:
+        if keys != {"choices"}:
+            raise ConfigError(
+                f"{where}: choices cannot be combined with {sorted(keys - {'choices'})}"
+            )
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{where}: choices must be a non-empty list, but got {choices!r}")
+        return Param(
+            name, "categorical", choices=[check_value(name, c, f"{where} choice") for c in choices]
+        )
+    unknown = keys - {"low", "high", "log", "step"}
+    if unknown or not {"low", "high"} <= keys:
+        raise ConfigError(
+            f"{where}: a range needs low and high (optional log, step), "
+            f"but got keys {sorted(keys)}"
+        )
+    low, high, log = spec["low"], spec["high"], spec.get("log", False)
+    for bound in (low, high):
+        if isinstance(bound, bool) or not isinstance(bound, int | float):
+            raise ConfigError(f"{where}: low and high must be numbers, but got {bound!r}")
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where}: log must be true or false, but got {log!r}")
+    if low > high:
+        raise ConfigError(f"{where}: low = {low} is above high = {high}")
+    if log and low <= 0:
+        raise ConfigError(f"{where}: a log range needs low > 0, but got low = {low}")
+    kind = "int" if isinstance(low, int) and isinstance(high, int) else "float"
+    want = type(fields_by_name()[name].default)
+    if want is int and kind == "float":
+        raise ConfigError(f"{where}: {name} is an integer; give integer low and high")
+    if want not in (int, float):
+        raise ConfigError(f"{where}: {name} is not numeric; use {{ choices = [...] }}")
+    if want is float:
+        kind = "float"
+    for bound in (low, high):  # both ends must be values the config accepts
+        check_value(name, want(bound), f"{where} bound")
+    return Param(name, kind, low, high, log, spec.get("step"))
+
+
+def _typed(path: str, doc: dict, key: str, kind: type, allowed: str) -> Any:
+    value = doc.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"{path}: {key} = {value!r} is not allowed; expected {allowed}")
+    return value
+
+
+def _component(path: str, doc: dict, table: str, types: tuple, default: str) -> dict:
+    spec = doc.get(table, {})
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: [{table}] must be a table, but got {spec!r}")
+    spec = {"type": default} | spec
+    if spec["type"] not in types:
+        raise ConfigError(
+            f"{path}: [{table}] type = {spec['type']!r} is not allowed; "
+            f"expected one of {', '.join(types)}"
+        )
+    return spec
+
+
+def load_study(path: str, overrides: dict[str, Any] | None = None) -> Study:
+    """The study file at path, validated; overrides are --set values over its tables."""
+    doc = read_toml(path)
+    unknown = set(doc) - TOP_KEYS - set(SECTIONS)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: "
+            f"{', '.join(sorted(TOP_KEYS))} and tables {', '.join(SECTIONS)}"
+        )
+    name = _typed(path, doc, "name", str, "a non-empty string")
+    if not name.strip():
+        raise ConfigError(f"{path}: name must not be empty")
+    n_trials = _typed(path, doc, "n_trials", int, "an integer >= 1")
+    if n_trials < 1:
+        raise ConfigError(f"{path}: n_trials = {n_trials} is not allowed; expected >= 1")
+    profile = doc.get("profile")
+    if profile is not None and profile not in PROFILES:
+        raise ConfigError(
+            f"{path}: profile = {profile!r} is not allowed; expected one of {', '.join(PROFILES)}"
+        )
+    objective = doc.get("objective", "best_val_acc")
+    if objective not in OBJECTIVES:
+        raise ConfigError(
+            f"{path}: objective = {objective!r} is not allowed; expected one of "
+            f"{', '.join(OBJECTIVES)}"
+        )
+    tables = {k: v for k, v in doc.items() if k in SECTIONS}
+    base = flatten_toml(tables, path) | (overrides or {})
+    raw = doc.get("params", {})
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(
+            f"{path}: [params] is empty: give at least one dotted key, e.g. "
+            f'"train.lr" = {{ low = 1e-3, high = 0.3, log = true }}'
+        )
+    params = {k: _param(path, k, v) for k, v in raw.items()}
+    study = Study(
+        name,
+        path,
+        n_trials,
+        base,
+        params,
+        _component(path, doc, "sampler", SAMPLERS, "tpe"),
+        _component(path, doc, "pruner", PRUNERS, "median"),
+        objective,
+        profile,
+    )
+    study.base_config()  # the shared settings must be valid on their own
+    if study.sampler["type"] == "grid" and any(
+        p.kind not in ("categorical", "int") for p in params.values()
+    ):
+        raise ConfigError(
+            f"{path}: [sampler] type = 'grid' needs choices or integer ranges for every param"
+        )
+    return study
+
+
+def with_params(study: Study, values: dict[str, Any], source: str) -> Config:
+    """The study's base config with one trial's sampled values."""
+    return apply(study.base_config(), values, source)
+
+
+def grid(study: Study) -> dict[str, list[Any]]:
+    """The search space as lists, for Optuna's GridSampler."""
+    return {
+        k: (p.choices if p.kind == "categorical" else list(range(p.low, p.high + 1)))
+        for k, p in study.params.items()
+    }
+
+
+__all__ = ["Param", "Study", "load_study", "with_params", "grid", "OBJECTIVES"]

@@ -1,0 +1,435 @@
+"""Optuna studies over dotted config keys, every trial an MLflow run, resumable and multi-worker.
+
+    python -m nin_search sweep studies/quick.toml [--n-trials N] [--timeout 2h] [--workers 2]
+
+Rerunning the same command continues the same study until it holds n_trials finished (complete
+or pruned) trials, so cron can run it nightly and overlapping runs cooperate as workers. With an
+RDB storage (SQLite, PostgreSQL) each running trial has a heartbeat: a worker killed mid-trial
+has its trial failed after the grace period, retried once, and its MLflow run ended FAILED.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from nin_search.config import ConfigError, flatten
+from nin_search.data import Data, load_data
+from nin_search.model import check_input_size
+from nin_search.study import OBJECTIVES, Param, Study, grid, with_params
+from nin_search.tracking import experiment_id, mask, run_tags, setup_tracking, ui_command
+from nin_search.train import fit, resolve_device
+
+DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# seconds between heartbeats of a running trial; a trial silent for 3x that is failed and retried
+HEARTBEAT_S = int(os.environ.get("NIN_SEARCH_HEARTBEAT_S", "20"))
+MLFLOW_STATUS = {
+    "complete": "FINISHED",
+    "pruned": "FINISHED",
+    "diverged": "FAILED",
+    "failed": "FAILED",
+    "interrupted": "KILLED",
+}
+
+
+class TrialRejected(Exception):
+    """A sampled config the network cannot take: the trial fails with the reason, untrained."""
+
+
+def storage_url(arg: str | None) -> str:
+    return arg or os.environ.get("NIN_SEARCH_STORAGE") or DEFAULT_STORAGE
+
+
+def _end_stale_run(study: optuna.Study, trial: FrozenTrial) -> None:
+    """A trial whose worker died: retry it once, and end its MLflow run FAILED."""
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(study, trial)
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        client = mlflow.MlflowClient()
+        client.set_tag(run_id, "nin.state", "failed")
+        client.set_tag(run_id, "nin.reason", "worker lost: no heartbeat; retried once")
+        client.set_terminated(run_id, "FAILED")
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An RDB storage with heartbeats (SQLite, PostgreSQL, MySQL) or a journal file."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # we print one line per trial
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    try:
+        if url.startswith("journal:") or url.endswith((".log", ".journal", ".jsonl")):
+            path = url.removeprefix("journal:")
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
+        if url == DEFAULT_STORAGE:
+            Path("mlruns").mkdir(exist_ok=True)
+        engine = (
+            {"connect_args": {"timeout": 60}}
+            if url.startswith("sqlite")
+            else {"pool_pre_ping": True}
+        )
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine,
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=3 * HEARTBEAT_S,
+            heartbeat_stale_trial_callback=_end_stale_run,
+        )
+    except Exception as e:  # sqlalchemy, driver and OS errors alike: the store is unusable
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"--storage {mask(url)} cannot be opened: {first[:300]}") from None
+
+
+def _args(spec: dict) -> dict:
+    return {k: v for k, v in spec.items() if k != "type"}
+
+
+def make_sampler(study: Study) -> optuna.samplers.BaseSampler:
+    spec = study.sampler
+    args = _args(spec)
+    args.setdefault("seed", 0)
+    classes = {
+        "tpe": optuna.samplers.TPESampler,
+        "random": optuna.samplers.RandomSampler,
+        "cmaes": optuna.samplers.CmaEsSampler,
+        "gp": optuna.samplers.GPSampler,
+    }
+    try:
+        if spec["type"] == "grid":
+            return optuna.samplers.GridSampler(grid(study), **args)
+        return classes[spec["type"]](**args)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{study.path}: [sampler] {spec['type']}: {e}") from None
+
+
+def make_pruner(study: Study) -> optuna.pruners.BasePruner:
+    spec, args = study.pruner, _args(study.pruner)
+    epochs = study.base_config().train.epochs
+    try:
+        if spec["type"] == "hyperband":
+            return optuna.pruners.HyperbandPruner(
+                **({"min_resource": 1, "max_resource": epochs, "reduction_factor": 3} | args)
+            )
+        if spec["type"] == "percentile":
+            return optuna.pruners.PercentilePruner(**({"percentile": 25.0} | args))
+        return {
+            "median": optuna.pruners.MedianPruner,
+            "successive-halving": optuna.pruners.SuccessiveHalvingPruner,
+            "none": optuna.pruners.NopPruner,
+        }[spec["type"]](**args)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{study.path}: [pruner] {spec['type']}: {e}") from None
+
+
+def _sample(trial: optuna.Trial, p: Param, lr_range: tuple[float, float] | None) -> Any:
+    if p.kind == "categorical":
+        return trial.suggest_categorical(p.name, p.choices)
+    if p.kind == "int":
+        return trial.suggest_int(p.name, p.low, p.high, step=p.step or 1, log=p.log)
+    if p.kind == "lr_finder":
+        return trial.suggest_float(p.name, *lr_range, log=True)
+    return trial.suggest_float(p.name, float(p.low), float(p.high), step=p.step, log=p.log)
+
+
+def open_study(study: Study, url: str) -> optuna.Study:
+    try:
+        return optuna.create_study(
+            study_name=study.name,
+            storage=open_storage(url),
+            load_if_exists=True,
+            direction=OBJECTIVES[study.objective][1],
+            sampler=make_sampler(study),
+            pruner=make_pruner(study),
+        )
+    except ConfigError:
+        raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(
+            f"--storage {mask(url)}: study {study.name!r} cannot be opened: {first[:300]}"
+        ) from None
+
+
+def parent_run(ostudy: optuna.Study, study: Study, exp_id: str) -> str:
+    """The study's one MLflow parent run, created once and found again on every resume."""
+    client = mlflow.MlflowClient()
+    known = ostudy.user_attrs.get("mlflow_parent_run_id")
+    if known:
+        return known
+    run = client.create_run(
+        exp_id,
+        run_name=study.name,
+        tags={"nin.role": "study", "nin.study": study.name, "nin.study_file": study.path},
+    )
+    for key, value in flatten(study.base_config()).items():
+        client.log_param(run.info.run_id, key, value)
+    client.log_dict(
+        run.info.run_id,
+        {k: dataclasses.asdict(p) for k, p in study.params.items()},
+        "search_space.json",
+    )
+    if Path(study.path).is_file():
+        client.log_artifact(run.info.run_id, study.path)
+    client.set_terminated(run.info.run_id, "FINISHED")  # children link to it; it never runs
+    ostudy.set_user_attr("mlflow_parent_run_id", run.info.run_id)
+    time.sleep(0.2)
+    winner = optuna.load_study(study_name=study.name, storage=ostudy._storage).user_attrs[
+        "mlflow_parent_run_id"
+    ]
+    if winner != run.info.run_id:  # another worker created one at the same moment
+        client.delete_run(run.info.run_id)
+    return winner
+
+
+class _DataCache:
+    """One copy of the data per process, per split-defining setting."""
+
+    def __init__(self) -> None:
+        self.loaded: dict[tuple, Data] = {}
+
+    def get(self, cfg) -> Data:
+        d = cfg.data
+        key = (d.dataset, d.data_dir, d.val_size, d.split_seed, d.train_subset, cfg.train.device)
+        if key not in self.loaded:
+            self.loaded[key] = load_data(d, resolve_device(cfg.train.device), with_test=False)
+        return dataclasses.replace(self.loaded[key], cfg=d)  # resize and augment per trial
+
+
+def make_objective(
+    study: Study,
+    exp_id: str,
+    parent: str,
+    lr_range,
+    cache: _DataCache,
+    extra_tags: dict | None = None,
+):
+    metric, _, reduce = OBJECTIVES[study.objective]
+
+    def objective(trial: optuna.Trial) -> float:
+        values = {name: _sample(trial, p, lr_range) for name, p in study.params.items()}
+        tags = {
+            "mlflow.parentRunId": parent,
+            "nin.study": study.name,
+            "nin.trial": str(trial.number),
+        } | (extra_tags or {})
+        reason, cfg = "", None
+        try:
+            cfg = with_params(study, values, f"{study.path}: trial {trial.number}")
+            check_input_size(cfg.model, cfg.data.resize or 28)
+        except ConfigError as e:
+            reason = str(e)
+        run = mlflow.start_run(
+            experiment_id=exp_id,
+            run_name=f"{study.name} trial {trial.number}",
+            tags=tags | (run_tags(cfg, str(resolve_device(cfg.train.device))) if cfg else {}),
+        )
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        state = "failed"
+        try:
+            mlflow.log_params(flatten(cfg) if cfg else {k: v for k, v in values.items()})
+            if reason:
+                trial.set_user_attr("fail_reason", reason)
+                mlflow.set_tag("nin.reason", reason[:5000])
+                raise TrialRejected(reason)
+            overhead = []
+
+            def on_epoch(m: dict) -> str | None:
+                start = time.perf_counter()
+                mlflow.log_metrics({k: v for k, v in m.items() if k != "epoch"}, step=m["epoch"])
+                trial.report(m[metric], m["epoch"])
+                prune = trial.should_prune()
+                overhead.append((time.perf_counter() - start, m["epoch_time_s"]))
+                return f"pruned at epoch {m['epoch']}" if prune else None
+
+            result = fit(cfg, cache.get(cfg), on_epoch)
+            trial.set_user_attr("epochs", len(result.history))
+            trial.set_user_attr("tracking_s", sum(o for o, _ in overhead))
+            trial.set_user_attr("epoch_s", sum(e for _, e in overhead))
+            if result.status == "diverged":
+                state = "diverged"
+                epoch, step = result.diverged_at
+                trial.set_user_attr("pruned_epoch", epoch)
+                trial.set_user_attr("reason", result.reason)
+                mlflow.set_tags({"nin.pruned_epoch": epoch, "nin.reason": result.reason})
+                raise optuna.TrialPruned(result.reason)
+            if result.status == "stopped":
+                state = "pruned"
+                epoch = result.history[-1]["epoch"]
+                trial.set_user_attr("pruned_epoch", epoch)
+                mlflow.set_tag("nin.pruned_epoch", epoch)
+                raise optuna.TrialPruned(result.reason)
+            state = "complete"
+            value = reduce([h[metric] for h in result.history])
+            mlflow.log_metric(f"objective_{study.objective}", value)
+            return value
+        except KeyboardInterrupt:
+            state = "interrupted"
+            raise
+        finally:
+            mlflow.set_tag("nin.state", state)
+            mlflow.end_run(MLFLOW_STATUS[state])
+
+    return objective
+
+
+def _counts(ostudy: optuna.Study) -> dict[TrialState, int]:
+    trials = ostudy.get_trials(deepcopy=False)
+    return {s: sum(t.state == s for t in trials) for s in TrialState}
+
+
+def _best(ostudy: optuna.Study) -> FrozenTrial | None:
+    try:
+        return ostudy.best_trial
+    except ValueError:
+        return None
+
+
+def _report_trial(study: Study, _ostudy: optuna.Study, trial: FrozenTrial) -> None:
+    shown = ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()
+    )
+    if trial.state == TrialState.COMPLETE:
+        what = f"complete: {study.objective} {trial.value:.4f}"
+    elif trial.state == TrialState.PRUNED:
+        what = f"pruned at epoch {trial.user_attrs.get('pruned_epoch', '?')}"
+        if "reason" in trial.user_attrs:
+            what = f"diverged ({trial.user_attrs['reason']})"
+    else:
+        what = f"failed: {trial.user_attrs.get('fail_reason', 'see the log above')}"
+    print(f"trial {trial.number:>3} {what}  ({shown})", flush=True)
+
+
+def run_worker(
+    study: Study,
+    url: str,
+    target: int,
+    timeout: float | None,
+    lr_range,
+    extra_tags: dict | None = None,
+) -> int:
+    """Run trials in this process until the study holds `target` finished ones."""
+    setup_tracking()
+    ostudy = open_study(study, url)
+    exp_id = experiment_id(study.name)
+    parent = parent_run(ostudy, study, exp_id)
+    done = sum(_counts(ostudy)[s] for s in FINISHED)
+    if done >= target:
+        return 0
+    objective = make_objective(study, exp_id, parent, lr_range, _DataCache(), extra_tags)
+    ostudy.optimize(
+        objective,
+        n_trials=3 * target,
+        timeout=timeout,
+        catch=(TrialRejected,),
+        callbacks=[
+            optuna.study.MaxTrialsCallback(target, states=FINISHED),
+            lambda s, t: _report_trial(study, s, t),
+        ],
+    )
+    return 0
+
+
+def run_sweep(
+    study: Study,
+    url: str,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    workers: int = 1,
+    argv_tail: list[str] | None = None,
+) -> int:
+    """The sweep command: resume or start the study, run workers, print the summary."""
+    target = n_trials or study.n_trials
+    setup_tracking()
+    ostudy = open_study(study, url)
+    exp_id = experiment_id(study.name)
+    parent = parent_run(ostudy, study, exp_id)
+    before = _counts(ostudy)
+    done = sum(before[s] for s in FINISHED)
+    best_before = _best(ostudy)
+    print(
+        f"study {study.name!r} at {mask(url)}: {done} of {target} trials finished; "
+        f"MLflow experiment {study.name!r}, parent run {parent}"
+    )
+    if done >= target:
+        print(f"the study already holds {done} finished trials (target {target}): nothing to do")
+        return 0
+    lr_range = None
+    if any(p.kind == "lr_finder" for p in study.params.values()):
+        from nin_search.run import lr_range_from_finder
+
+        low, high, run_id = lr_range_from_finder(study.base_config())
+        lr_range = (low, high)
+        print(f"train.lr range [{low:.3g}, {high:.3g}] from lr-finder run {run_id}")
+    if workers <= 1:
+        code = run_worker(study, url, target, timeout, lr_range)
+    else:
+        code = _spawn(workers, argv_tail or [])
+    _summary(
+        study,
+        optuna.load_study(study_name=study.name, storage=open_storage(url)),
+        url,
+        before,
+        best_before,
+        parent,
+    )
+    return code
+
+
+def _spawn(workers: int, argv_tail: list[str]) -> int:
+    """K worker processes of this same command; each gets its own GPU when there are several."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    procs = []
+    for i in range(workers):
+        env = dict(os.environ)
+        if gpus > 1:
+            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+        cmd = [sys.executable, "-m", "nin_search", "sweep", *argv_tail, "--workers", "1"]
+        procs.append(subprocess.Popen(cmd, env=env))
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:  # the workers got the same SIGINT; let them end their trials
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        for p in procs:
+            p.wait()
+        raise
+    return max(codes, key=abs)
+
+
+def _summary(study: Study, ostudy: optuna.Study, url: str, before, best_before, parent) -> None:
+    after = _counts(ostudy)
+    now = {s: after[s] - before[s] for s in TrialState}
+    done = sum(after[s] for s in FINISHED)
+    print(
+        f"this run: {sum(now.values())} trials ({now[TrialState.COMPLETE]} complete, "
+        f"{now[TrialState.PRUNED]} pruned, {now[TrialState.FAIL]} failed); "
+        f"in total {done} finished of {study.n_trials} targeted, {after[TrialState.FAIL]} failed"
+    )
+    best = _best(ostudy)
+    if best is not None:
+        params = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items()
+        )
+        improved = best_before is None or best.number != best_before.number
+        print(
+            f"best {study.objective} {best.value:.4f} (trial {best.number}: {params}); "
+            + ("improved during this run" if improved else "not improved during this run")
+        )
+    uri = mlflow.get_tracking_uri()
+    print(
+        f"Optuna: {mask(url)} (optuna-dashboard {mask(url)}); MLflow: experiment "
+        f"{study.name!r}, parent run {parent}; open the UI with: {ui_command(uri)}"
+    )
