@@ -229,6 +229,7 @@ def make_objective(
             check_input_size(cfg.model, cfg.data.resize or 28)
         except ConfigError as e:
             reason = str(e)
+        setup = time.perf_counter()  # tracking overhead: the run's setup and every epoch's log
         run = mlflow.start_run(
             experiment_id=exp_id,
             run_name=f"{study.name} trial {trial.number}",
@@ -238,6 +239,7 @@ def make_objective(
         state = "failed"
         try:
             mlflow.log_params(flatten(cfg) if cfg else {k: v for k, v in values.items()})
+            setup = time.perf_counter() - setup
             if reason:
                 trial.set_user_attr("fail_reason", reason)
                 mlflow.set_tag("nin.reason", reason[:5000])
@@ -254,7 +256,7 @@ def make_objective(
 
             result = fit(cfg, cache.get(cfg), on_epoch)
             trial.set_user_attr("epochs", len(result.history))
-            trial.set_user_attr("tracking_s", sum(o for o, _ in overhead))
+            trial.set_user_attr("tracking_s", setup + sum(o for o, _ in overhead))
             trial.set_user_attr("epoch_s", sum(e for _, e in overhead))
             if result.status == "diverged":
                 state = "diverged"
