@@ -91,7 +91,7 @@ def main() -> None:
         rows = [run(folder, p, args.trials, args.epochs, args.seed) for p in ("none", "hyperband")]
     base, hb = rows
     print(
-        textwrap.dedent(f"""
+        textwrap.dedent("""
         | pruner | trials (pruned) | epochs consumed | best val_acc | tracking overhead | wall |
         |---|---|---|---|---|---|""")
     )
