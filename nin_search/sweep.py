@@ -10,11 +10,13 @@ has its trial failed after the grace period, retried once, and its MLflow run en
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -42,6 +44,10 @@ MLFLOW_STATUS = {
     "failed": "FAILED",
     "interrupted": "KILLED",
 }
+
+
+_ctrl_c = threading.Event()  # Ctrl-C was pressed while run_worker ran trials
+_training = threading.Event()  # inside fit's compute, where a KeyboardInterrupt is harmless
 
 
 class TrialRejected(Exception):
@@ -95,10 +101,11 @@ def _args(spec: dict) -> dict:
     return {k: v for k, v in spec.items() if k != "type"}
 
 
-def make_sampler(study: Study) -> optuna.samplers.BaseSampler:
+def make_sampler(study: Study, offset: int = 0) -> optuna.samplers.BaseSampler:
     spec = study.sampler
     args = _args(spec)
-    args.setdefault("seed", 0)
+    seed = args.get("seed", 0)
+    args["seed"] = seed + offset if type(seed) is int else seed  # not int: the sampler says so
     classes = {
         "tpe": optuna.samplers.TPESampler,
         "random": optuna.samplers.RandomSampler,
@@ -143,14 +150,16 @@ def _sample(trial: optuna.Trial, p: Param, lr_range: tuple[float, float] | None)
 
 
 def open_study(study: Study, url: str) -> optuna.Study:
+    sampler, pruner = make_sampler(study), make_pruner(study)  # a bad argument writes nothing
+    storage = open_storage(url)
     try:
         return optuna.create_study(
             study_name=study.name,
-            storage=open_storage(url),
+            storage=storage,
             load_if_exists=True,
             direction=OBJECTIVES[study.objective][1],
-            sampler=make_sampler(study),
-            pruner=make_pruner(study),
+            sampler=sampler,
+            pruner=pruner,
         )
     except ConfigError:
         raise
@@ -190,6 +199,77 @@ def parent_run(ostudy: optuna.Study, study: Study, exp_id: str) -> str:
     if winner != run.info.run_id:  # another worker created one at the same moment
         client.delete_run(run.info.run_id)
     return winner
+
+
+@contextlib.contextmanager
+def _first_use_lock():
+    """Other sweeps started in this directory wait while this one opens (or creates) the stores.
+
+    Two commands started together on fresh default stores would both create them: SQLite says
+    'table studies already exists' and MLflow's migrations fail half-way. The lock is taken on
+    the directory itself, so it writes nothing.
+    """
+    try:
+        import fcntl
+
+        fd = os.open(".", os.O_RDONLY)
+    except (ImportError, OSError):  # no flock (Windows) or an unreadable directory: no lock
+        fd = None
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+
+def _open(study: Study, url: str, worker: bool = False) -> tuple[optuna.Study, str, str]:
+    """The Optuna study, the MLflow experiment id and the parent run id; the study first, so a
+    storage that cannot be used leaves no MLflow store behind."""
+    with _first_use_lock():
+        ostudy = open_study(study, url)
+        if worker:
+            # the k-th worker on the study samples with seed + k: with one seed for all, parallel
+            # workers would draw the same values and every rerun would repeat the first trials
+            k = ostudy.user_attrs.get("workers_started", 0)
+            ostudy.set_user_attr("workers_started", k + 1)
+            ostudy.sampler = make_sampler(study, k)
+        setup_tracking()
+        exp_id = experiment_id(study.name)
+        return ostudy, exp_id, parent_run(ostudy, study, exp_id)
+
+
+def _on_ctrl_c(signum, frame) -> None:
+    _ctrl_c.set()
+    if _training.is_set():
+        raise KeyboardInterrupt
+
+
+def _check_ctrl_c() -> None:
+    if _ctrl_c.is_set():
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _deferred_ctrl_c():
+    """Ctrl-C interrupts at once while fit computes; anywhere else it waits for the next safe
+    point. One raised in the middle of an SQLite write leaves the store locked (ending the run
+    then fails: 'database is locked'), and Python drops one raised inside a finalizer
+    (SQLAlchemy's weakref callbacks)."""
+    _ctrl_c.clear()
+    _training.clear()
+    default = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if not default or threading.current_thread() is not threading.main_thread():
+        yield  # ignored (nohup), another handler, or not ours to change: leave it
+        return
+    signal.signal(signal.SIGINT, _on_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _training.clear()
+    _check_ctrl_c()  # pressed while the last trial was being logged: still an interrupt
 
 
 class _DataCache:
@@ -247,14 +327,22 @@ def make_objective(
             overhead = []
 
             def on_epoch(m: dict) -> str | None:
+                _training.clear()  # a Ctrl-C waits until this epoch is logged
                 start = time.perf_counter()
                 mlflow.log_metrics({k: v for k, v in m.items() if k != "epoch"}, step=m["epoch"])
                 trial.report(m[metric], m["epoch"])
                 prune = trial.should_prune()
                 overhead.append((time.perf_counter() - start, m["epoch_time_s"]))
+                _training.set()
+                _check_ctrl_c()
                 return f"pruned at epoch {m['epoch']}" if prune else None
 
-            result = fit(cfg, cache.get(cfg), on_epoch)
+            try:
+                _training.set()
+                _check_ctrl_c()  # pressed while the trial was being set up
+                result = fit(cfg, cache.get(cfg), on_epoch)
+            finally:
+                _training.clear()
             trial.set_user_attr("epochs", len(result.history))
             trial.set_user_attr("tracking_s", setup + sum(o for o, _ in overhead))
             trial.set_user_attr("epoch_s", sum(e for _, e in overhead))
@@ -321,24 +409,23 @@ def run_worker(
     extra_tags: dict | None = None,
 ) -> int:
     """Run trials in this process until the study holds `target` finished ones."""
-    setup_tracking()
-    ostudy = open_study(study, url)
-    exp_id = experiment_id(study.name)
-    parent = parent_run(ostudy, study, exp_id)
+    ostudy, exp_id, parent = _open(study, url, worker=True)
     done = sum(_counts(ostudy)[s] for s in FINISHED)
     if done >= target:
         return 0
     objective = make_objective(study, exp_id, parent, lr_range, _DataCache(), extra_tags)
-    ostudy.optimize(
-        objective,
-        n_trials=3 * target,
-        timeout=timeout,
-        catch=(TrialRejected,),
-        callbacks=[
-            optuna.study.MaxTrialsCallback(target, states=FINISHED),
-            lambda s, t: _report_trial(study, s, t),
-        ],
-    )
+    with _deferred_ctrl_c():
+        ostudy.optimize(
+            objective,
+            n_trials=3 * target,
+            timeout=timeout,
+            catch=(TrialRejected,),
+            callbacks=[
+                optuna.study.MaxTrialsCallback(target, states=FINISHED),
+                lambda s, t: _report_trial(study, s, t),
+                lambda s, t: _check_ctrl_c(),  # pressed between trials: start no other
+            ],
+        )
     return 0
 
 
@@ -352,10 +439,7 @@ def run_sweep(
 ) -> int:
     """The sweep command: resume or start the study, run workers, print the summary."""
     target = n_trials or study.n_trials
-    setup_tracking()
-    ostudy = open_study(study, url)
-    exp_id = experiment_id(study.name)
-    parent = parent_run(ostudy, study, exp_id)
+    ostudy, _, parent = _open(study, url)
     before = _counts(ostudy)
     done = sum(before[s] for s in FINISHED)
     best_before = _best(ostudy)
@@ -381,6 +465,7 @@ def run_sweep(
         study,
         optuna.load_study(study_name=study.name, storage=open_storage(url)),
         url,
+        target,
         before,
         best_before,
         parent,
@@ -411,14 +496,16 @@ def _spawn(workers: int, argv_tail: list[str]) -> int:
     return max(codes, key=abs)
 
 
-def _summary(study: Study, ostudy: optuna.Study, url: str, before, best_before, parent) -> None:
+def _summary(
+    study: Study, ostudy: optuna.Study, url: str, target: int, before, best_before, parent
+) -> None:
     after = _counts(ostudy)
     now = {s: after[s] - before[s] for s in TrialState}
     done = sum(after[s] for s in FINISHED)
     print(
         f"this run: {sum(now.values())} trials ({now[TrialState.COMPLETE]} complete, "
         f"{now[TrialState.PRUNED]} pruned, {now[TrialState.FAIL]} failed); "
-        f"in total {done} finished of {study.n_trials} targeted, {after[TrialState.FAIL]} failed"
+        f"in total {done} finished of {target} targeted, {after[TrialState.FAIL]} failed"
     )
     best = _best(ostudy)
     if best is not None:
