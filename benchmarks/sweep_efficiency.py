@@ -1,6 +1,6 @@
 """Does pruning pay? The same small search with Hyperband and without pruning, side by side.
 
-    .venv/bin/python benchmarks/sweep_efficiency.py [--trials 27] [--epochs 9] [--seed 0]
+    .venv/bin/python benchmarks/sweep_efficiency.py [--trials 15] [--epochs 9] [--seed 0]
 
 Runs the real sweep machinery (nin_search.sweep.run_worker: Optuna on SQLite, every trial an MLflow
 run in a temporary store) twice on real Fashion-MNIST with the same TPE seed: once with
@@ -29,8 +29,8 @@ preset = "lin2013"
 width = 0.25
 [data]
 resize = 0
-train_subset = 3000
-val_size = 1000
+train_subset = {subset}
+val_size = {val}
 [train]
 optimizer = "adam"
 batch_size = 64
@@ -47,14 +47,23 @@ type = "{pruner}"
 """
 
 
-def run(folder: Path, pruner: str, trials: int, epochs: int, seed: int) -> dict:
+def run(folder: Path, pruner: str, args: argparse.Namespace) -> dict:
     from nin_search.study import load_study
     from nin_search.sweep import open_storage, run_worker
 
     path = folder / f"{pruner}.toml"
     name = f"efficiency-{pruner}"
+    trials = args.trials
     path.write_text(
-        STUDY.format(name=name, trials=trials, epochs=epochs, seed=seed, pruner=pruner)
+        STUDY.format(
+            name=name,
+            trials=trials,
+            epochs=args.epochs,
+            seed=args.seed,
+            pruner=pruner,
+            subset=args.train_subset,
+            val=args.val_size,
+        )
     )
     url = f"sqlite:///{folder}/optuna.db"
     start = time.perf_counter()
@@ -80,15 +89,17 @@ def run(folder: Path, pruner: str, trials: int, epochs: int, seed: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=27)
+    ap.add_argument("--trials", type=int, default=15)
     ap.add_argument("--epochs", type=int, default=9)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-subset", type=int, default=1000)
+    ap.add_argument("--val-size", type=int, default=500)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         os.chdir(folder)  # MLflow's default store lands in this temporary folder
         os.environ.pop("MLFLOW_TRACKING_URI", None)
-        rows = [run(folder, p, args.trials, args.epochs, args.seed) for p in ("none", "hyperband")]
+        rows = [run(folder, p, args) for p in ("none", "hyperband")]
     base, hb = rows
     print(
         textwrap.dedent("""

@@ -71,7 +71,7 @@ def _end_stale_run(study: optuna.Study, trial: FrozenTrial) -> None:
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An RDB storage with heartbeats (SQLite, PostgreSQL, MySQL) or a journal file."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # we print one line per trial
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # we print one line per trial, no traces
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
         if url.startswith("journal:") or url.endswith((".log", ".journal", ".jsonl")):
