@@ -1,0 +1,230 @@
+"""Training throughput: the d2l-style loop vs the nin_search engine vs a bare training step.
+
+    .venv/bin/python benchmarks/throughput.py [--device cpu|cuda|auto] [--size 96] \
+        [--batch-size 128] [--steps 20] [--warmup 2] [--rounds 5] [--workers N] [--threads N]
+
+One process, one model (the d2l NiN preset, build_model(ModelConfig(), size)), one batch size,
+resolution and device for all three:
+  d2l     torchvision FashionMNIST over the same IDX files, Compose([Resize, ToTensor]), a shuffled
+          DataLoader with d2l's 4 workers (capped to os.cpu_count()), fp32 SGD(lr 0.05) steps with
+          d2l's per-step loss/accuracy bookkeeping (train_ch6's loop);
+  engine  nin_search.train.fit on steps * batch_size training images, one epoch; its img_per_s
+          (evaluation excluded). On CUDA fit runs bf16 autocast + channels_last;
+  bare    the same fp32 forward/backward/SGD step on one batch already resident on the device.
+Each measurement runs --warmup steps first (the engine: a separate --warmup-step fit); methods are
+interleaved for --rounds short rounds, so that drifts in the machine's speed (a shared VM's host,
+other jobs: the load average is printed per round) hit all three alike. Reported: each method's
+median round, and ratios as the median over rounds of the same round's ratio (a round's three
+measurements lie close in time); then the median gap between optimizer steps over all rounds (a
+global step hook: the same timer for all three).
+Prints a markdown table for benchmarks/RESULTS.md. Imports only torch, torchvision, nin_search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import itertools
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import transforms
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+from nin_search.config import Config, DataConfig, ModelConfig, load_config  # noqa: E402
+from nin_search.data import Data, load_data, locate, to_input  # noqa: E402
+from nin_search.model import build_model  # noqa: E402
+from nin_search.train import fit, resolve_device  # noqa: E402
+
+D2L_WORKERS = 4  # d2l's get_dataloader_workers()
+LR = 0.05  # d2l NiN chapter
+VAL_SIZE = 256  # the engine's held-out images: two eval batches, outside its img_per_s
+STAMPS: list[float] = []  # perf_counter() after every optimizer step, whichever method ran it
+
+
+def stamp(*_: object) -> None:  # a global optimizer step post-hook: one timer for all three
+    STAMPS.append(time.perf_counter())
+
+
+def timed(step: Callable[[], None], a: argparse.Namespace) -> float:
+    """Images/s over a.steps calls of step after a.warmup untimed ones (CUDA: synchronised)."""
+    sync = torch.cuda.synchronize if a.dev.type == "cuda" else (lambda: None)
+    for _ in range(a.warmup):
+        step()
+    sync()
+    STAMPS.clear()
+    start = time.perf_counter()
+    for _ in range(a.steps):
+        step()
+    sync()
+    return a.steps * a.batch_size / (time.perf_counter() - start)
+
+
+def fresh_model(a: argparse.Namespace) -> tuple[nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(), a.size).to(a.dev).train()
+    return net, torch.optim.SGD(net.parameters(), lr=LR)
+
+
+def torchvision_dataset(tmp: Path, size: int) -> torchvision.datasets.FashionMNIST:
+    """FashionMNIST(train) over the engine's IDX files, placed where torchvision looks."""
+    raw = tmp / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for path in locate(DataConfig())[1].values():
+        if path.suffix != ".gz":
+            (raw / path.name).symlink_to(path.resolve())
+            continue
+        # Debian's .gz files are recompressed (other md5s than torchvision's), so download=True
+        # would go online; unpack them here, as torchvision's own extraction would.
+        with gzip.open(path, "rb") as src, open(raw / path.stem, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    tf = transforms.Compose([transforms.Resize(size), transforms.ToTensor()])
+    return torchvision.datasets.FashionMNIST(str(tmp), train=True, transform=tf, download=False)
+
+
+def run_d2l(ds: torchvision.datasets.FashionMNIST, a: argparse.Namespace) -> float:
+    """d2l's train_ch6 inner loop (fp32) over a live, shuffled DataLoader."""
+    net, opt = fresh_model(a)
+    criterion = nn.CrossEntropyLoss()
+    src = [iter(DataLoader(ds, a.batch_size, shuffle=True, num_workers=a.workers))]
+    metric = [0.0, 0.0, 0]  # d2l's Accumulator(3): loss sum, correct, images
+
+    def step() -> None:
+        X, y = next(src[0])
+        opt.zero_grad()
+        X, y = X.to(a.dev), y.to(a.dev)
+        y_hat = net(X)
+        loss = criterion(y_hat, y)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():  # two host syncs per step, as d2l's metric.add does
+            metric[0] += float(loss) * X.shape[0]
+            metric[1] += float((y_hat.argmax(1) == y).sum())
+            metric[2] += X.shape[0]
+
+    rate = timed(step, a)
+    src.clear()  # shut the workers down before the next method runs
+    return rate
+
+
+def run_engine(cfgs: tuple[Config, Config], data: tuple[Data, Data]) -> float:
+    """fit()'s own img_per_s over one epoch, after a --warmup-step fit."""
+    fit(cfgs[0], data[0])
+    STAMPS.clear()
+    return fit(cfgs[1], data[1]).history[0]["img_per_s"]
+
+
+def run_bare(x: torch.Tensor, y: torch.Tensor, a: argparse.Namespace) -> float:
+    """The fp32 step alone on one resident batch: no data path, no bookkeeping."""
+    net, opt = fresh_model(a)
+    criterion = nn.CrossEntropyLoss()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        criterion(net(x), y).backward()
+        opt.step()
+
+    return timed(step, a)
+
+
+def forward_flops(size: int) -> int:
+    """Forward FLOPs of one image (2 per MAC), counted by FlopCounterMode."""
+    net = build_model(ModelConfig(), size).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(torch.zeros(1, 1, size, size))
+    return counter.get_total_flops()
+
+
+def engine_configs(a: argparse.Namespace) -> tuple[Config, Config]:
+    """The warmup fit's config and the measured fit's: one epoch of `steps` batches each."""
+    sets = f"data.resize={a.size} data.val_size={VAL_SIZE} train.device={a.dev.type} "
+    sets += f"train.batch_size={a.batch_size} train.epochs=1 data.train_subset="
+    return tuple(  # type: ignore[return-value]
+        load_config(overrides=(sets + str(n * a.batch_size)).split())
+        for n in (max(a.warmup, 1), a.steps)
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--size", type=int, default=96)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before each measurement")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of d2l, engine, bare")
+    workers = min(D2L_WORKERS, os.cpu_count() or 1)  # d2l: 4, capped to the CPUs
+    p.add_argument("--workers", type=int, default=workers, help="d2l-style DataLoader workers")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: one per CPU)")
+    a = p.parse_args()
+    a.dev = dev = resolve_device(a.device)
+    cuda = dev.type == "cuda"
+    torch.set_num_threads(a.threads or os.cpu_count() or 1)
+    register_optimizer_step_post_hook(stamp)
+    torch.backends.cudnn.benchmark = cuda  # fit sets it for the process anyway: same for all
+
+    cfgs = engine_configs(a)
+    data = tuple(load_data(c.data, dev, with_test=False) for c in cfgs)
+    x, y = to_input(data[1].train_x[: a.batch_size], a.size), data[1].train_y[: a.batch_size]
+    flops_img = 3 * forward_flops(a.size)  # training = 3 x forward; forward = 2 x MACs
+    best: dict[str, list[float]] = {"d2l": [], "engine": [], "bare": []}  # img/s per round
+    gaps: dict[str, list[float]] = {k: [] for k in best}  # seconds between timed steps
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = torchvision_dataset(Path(tmp), a.size)
+        runs = {"d2l": lambda: run_d2l(ds, a), "engine": lambda: run_engine(cfgs, data),
+                "bare": lambda: run_bare(x, y, a)}  # fmt: skip
+        for r in range(1, a.rounds + 1):
+            for k, run in runs.items():
+                best[k].append(run())
+                gaps[k] += [t1 - t0 for t0, t1 in itertools.pairwise(STAMPS)]
+            got = ", ".join(f"{k} {v[-1]:.1f}" for k, v in best.items())
+            print(f"round {r} img/s: {got} (load average {os.getloadavg()[0]:.2f})", flush=True)
+
+    top = {k: statistics.median(v) for k, v in best.items()}
+    per_round = {k: statistics.median(e / m for e, m in zip(best["engine"], v, strict=True))
+                 for k, v in best.items()}  # fmt: skip
+    med = {k: a.batch_size / statistics.median(v) for k, v in gaps.items()}
+    unit, scale = ("TFLOP/s", 1e12) if cuda else ("GFLOP/s", 1e9)
+    name = torch.cuda.get_device_name(dev) if cuda else f"CPU, {torch.get_num_threads()} threads"
+    prec = "bf16 autocast + channels_last" if cuda else "fp32"
+    print(f"\ndevice {name}; torch {torch.__version__}; torchvision {torchvision.__version__}")
+    print(
+        f"d2l NiN at {a.size} px, batch {a.batch_size}, {a.steps} timed steps after {a.warmup}"
+        f" warmup, {a.rounds} interleaved rounds; d2l-style DataLoader workers {a.workers}"
+    )
+    print(f"the engine runs {prec}; the d2l-style loop and the bare step run fp32, as d2l does")
+    print(f"training FLOPs per image {flops_img / 1e9:.3f} G (3 x forward, 2 FLOPs per MAC)\n")
+    labels = {"d2l": "d2l-style loop (torchvision + DataLoader, fp32)",
+              "engine": f"engine: nin_search.train.fit ({prec})",
+              "bare": "bare step on one resident batch (fp32)"}  # fmt: skip
+    print(f"| method | img/s, median round | engine / method | {unit} | img/s, median step "
+          "| engine / method |\n|---|---:|---:|---:|---:|---:|")  # fmt: skip
+    for k, label in labels.items():
+        print(f"| {label} | {top[k]:.1f} | {per_round[k]:.3f}x | "
+              f"{top[k] * flops_img / scale:.2f} | {med[k]:.1f} | "
+              f"{med['engine'] / med[k]:.3f}x |")  # fmt: skip
+    ratio = {k: (per_round[k], med["engine"] / med[k]) for k in ("d2l", "bare")}
+    print(f"\nengine / d2l-style = {ratio['d2l'][0]:.3f}x (median step {ratio['d2l'][1]:.3f}x); "
+          f"engine / bare = {ratio['bare'][0]:.3f}x (median step {ratio['bare'][1]:.3f}x); "
+          f"engine {top['engine'] * flops_img / scale:.2f} {unit}")  # fmt: skip
+    print(
+        "rounds: fit()'s img_per_s for the engine, wall time over the timed steps for the"
+        " others; median step: the median gap between optimizer steps, one timer for all three"
+        " (on CUDA asynchronous: use the rounds)"
+    )
+
+
+if __name__ == "__main__":
+    main()
