@@ -209,8 +209,9 @@ def main() -> None:
     labels = {"d2l": "d2l-style loop (torchvision + DataLoader, fp32)",
               "engine": f"engine: nin_search.train.fit ({prec})",
               "bare": "bare step on one resident batch (fp32)"}  # fmt: skip
-    print(f"| method | img/s, median round | engine / method | {unit} | img/s, median step "
-          "| engine / method |\n|---|---:|---:|---:|---:|---:|")  # fmt: skip
+    print(f"| method | img/s, median round | engine / method, median of per-round ratios "
+          f"| {unit} | img/s, median step | engine / method, median step |\n"
+          "|---|---:|---:|---:|---:|---:|")  # fmt: skip
     for k, label in labels.items():
         print(f"| {label} | {top[k]:.1f} | {per_round[k]:.3f}x | "
               f"{top[k] * flops_img / scale:.2f} | {med[k]:.1f} | "
