@@ -3,6 +3,10 @@
 python -m nin_search summary --set data.resize=224
 python -m nin_search train --profile quick --set train.lr=0.1
 python -m nin_search lr-finder --profile quick
+python -m nin_search sweep studies/quick.toml
+python -m nin_search ablate studies/ablate_head.toml
+python -m nin_search report studies/ablate_head.toml
+python -m nin_search ui
 """
 
 from __future__ import annotations
@@ -11,6 +15,27 @@ import argparse
 import sys
 
 from nin_search.config import ConfigError, load_config, resolve_profile
+
+
+STORAGE_HELP = (
+    "Optuna storage URL (default $NIN_SEARCH_STORAGE or sqlite:///mlruns/optuna.db); "
+    "a .log path = journal file"
+)
+
+
+def _study_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", help=STORAGE_HELP)
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    p.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="override the study's shared settings by dotted name",
+    )
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # started by --workers
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
 
 
 def _common(p: argparse.ArgumentParser, profile_default: str | None) -> None:
@@ -62,20 +87,27 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("study", metavar="STUDY.toml")
     p.add_argument("--n-trials", type=int, help="finished trials to reach (default: the file's)")
     p.add_argument("--timeout", help="stop starting trials after this long: 90m, 2h, 3600")
+    _study_options(p)
+
+    p = sub.add_parser("ablate", help="every arm x seed once, paired statistics, plots")
+    p.add_argument("study", metavar="ABLATION.toml")
+    p.add_argument("--seeds", type=int, help="number of seeds (default: the file's list)")
     p.add_argument(
-        "--storage",
-        help="Optuna storage URL (default $NIN_SEARCH_STORAGE or "
-        "sqlite:///mlruns/optuna.db); a .log path = journal file",
+        "--final-eval",
+        action="store_true",
+        help="also evaluate every run on the test set (reported, never used to choose)",
     )
-    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
-    p.add_argument(
-        "--set",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        dest="overrides",
-        help="override the study's shared settings by dotted name",
-    )
+    _study_options(p)
+
+    p = sub.add_parser("report", help="plots, tables and best config of a sweep or ablation")
+    p.add_argument("study", metavar="NAME_OR_STUDY.toml")
+    p.add_argument("--storage", help=STORAGE_HELP)
+    p.add_argument("--out", default="reports", help="reports go to OUT/<study>/ (default reports)")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+
+    p = sub.add_parser("ui", help="start the MLflow UI on this store (127.0.0.1)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5000)
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
 
     p = sub.add_parser("summary", help="per-layer shapes, params, MACs, memory")
@@ -154,15 +186,69 @@ def _sweep(args: argparse.Namespace) -> int:
         raise ConfigError("--workers and --n-trials must be >= 1")
     study = load_study(args.study, parse_overrides(args.overrides))
     url = storage_url(args.storage)
-    tail = [args.study, "--storage", url] + [f"--set={o}" for o in args.overrides]
+    tail = ["sweep", args.study, "--storage", url] + [f"--set={o}" for o in args.overrides]
     if args.n_trials:
         tail += ["--n-trials", str(args.n_trials)]
     if args.timeout:
         tail += ["--timeout", args.timeout]
-    return run_sweep(study, url, args.n_trials, _duration(args.timeout), args.workers, tail)
+    timeout = _duration(args.timeout)
+    return run_sweep(study, url, args.n_trials, timeout, args.workers, tail, args.worker)
 
 
-COMMANDS = {"sweep": _sweep, "train": _train, "lr-finder": _lr_finder, "summary": _summary}
+def _ablate(args: argparse.Namespace) -> int:
+    from nin_search.ablation import check_arms
+    from nin_search.config import parse_overrides
+    from nin_search.study import load_ablation
+    from nin_search.sweep import run_sweep, storage_url
+
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers} is not allowed; expected >= 1")
+    study = load_ablation(args.study, parse_overrides(args.overrides), args.seeds)
+    study.final_eval = args.final_eval
+    check_arms(study)  # an arm the network cannot take: exit 2 before anything is written
+    url = storage_url(args.storage)
+    tail = ["ablate", args.study, "--storage", url] + [f"--set={o}" for o in args.overrides]
+    tail += ["--seeds", str(len(study.seeds))] + (["--final-eval"] if args.final_eval else [])
+    code = run_sweep(study, url, None, None, args.workers, tail, args.worker)
+    if args.worker:
+        return code
+    from nin_search.report import load, report
+
+    report(load(study.name, url))
+    return code
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from nin_search.report import load, report
+    from nin_search.sweep import storage_url
+
+    report(load(args.study, storage_url(args.storage)), Path(args.out))
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from nin_search.tracking import mask, setup_tracking, ui_args
+
+    uri = setup_tracking()
+    cmd = ui_args(uri, args.host, args.port)
+    print("starting:", " ".join(mask(a) for a in cmd[2:]), flush=True)
+    print(f"open http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    return subprocess.call(cmd)
+
+
+COMMANDS = {
+    "sweep": _sweep,
+    "ablate": _ablate,
+    "report": _report,
+    "ui": _ui,
+    "train": _train,
+    "lr-finder": _lr_finder,
+    "summary": _summary,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,6 +70,19 @@ class Study:
     pruner: dict[str, Any]
     objective: str = "best_val_acc"
     profile: str | None = None
+    # ablations: arm name -> dotted overrides; every arm runs with every seed (train.seed)
+    arms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    baseline: str | None = None
+    seeds: list[int] = field(default_factory=list)
+    final_eval: bool = False  # also evaluate each finished trial on the test set
+
+    @property
+    def kind(self) -> str:
+        return "ablation" if self.arms else "sweep"
+
+    def cells(self) -> list[dict[str, Any]]:
+        """An ablation's grid, seed-major: {"arm": name, "train.seed": seed} per cell."""
+        return [{"arm": a, "train.seed": s} for s in self.seeds for a in self.arms]
 
     def base_config(self) -> Config:
         """Defaults, then the study's profile, then its tables (and --set)."""
@@ -209,9 +222,116 @@ def load_study(path: str, overrides: dict[str, Any] | None = None) -> Study:
     return study
 
 
+ABLATION_KEYS = {"name", "seeds", "baseline", "profile", "objective", "arms"}
+
+
+def load_ablation(
+    path: str, overrides: dict[str, Any] | None = None, n_seeds: int | None = None
+) -> Study:
+    """An ablation file: shared settings, one [arms.NAME] table of dotted overrides per arm.
+
+        name = "ablate-head"
+        seeds = [0, 1, 2]                 # every arm runs with every seed (train.seed)
+        baseline = "gap"                  # default: the first arm
+        profile = "quick"
+        [model]
+        batch_norm = true
+        [arms.gap]
+        "model.head" = "gap"
+        [arms.fc]
+        "model.head" = "fc"
+
+    n_seeds (--seeds N) keeps the file's first N seeds, or adds the next unused integers.
+    """
+    doc = read_toml(path)
+    unknown = set(doc) - ABLATION_KEYS - set(SECTIONS)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: "
+            f"{', '.join(sorted(ABLATION_KEYS))} and tables {', '.join(SECTIONS)}"
+        )
+    name = _typed(path, doc, "name", str, "a non-empty string")
+    if not name.strip():
+        raise ConfigError(f"{path}: name must not be empty")
+    seeds = doc.get("seeds", [0, 1, 2])
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or any(type(x) is not int or x < 0 for x in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise ConfigError(
+            f"{path}: seeds = {seeds!r} is not allowed; expected a list of distinct integers >= 0"
+        )
+    if n_seeds is not None:
+        if n_seeds < 1:
+            raise ConfigError(f"--seeds {n_seeds} is not allowed; expected >= 1")
+        extra = [x for x in range(max(seeds) + 1 + n_seeds) if x not in seeds]
+        seeds = (seeds + extra)[:n_seeds]
+    profile = doc.get("profile")
+    if profile is not None and profile not in PROFILES:
+        raise ConfigError(
+            f"{path}: profile = {profile!r} is not allowed; expected one of {', '.join(PROFILES)}"
+        )
+    objective = doc.get("objective", "final_val_acc")
+    if objective not in OBJECTIVES:
+        raise ConfigError(
+            f"{path}: objective = {objective!r} is not allowed; expected one of "
+            f"{', '.join(OBJECTIVES)}"
+        )
+    raw = doc.get("arms", {})
+    if not isinstance(raw, dict) or len(raw) < 2:
+        raise ConfigError(
+            f"{path}: [arms] needs at least two arms, each a table of dotted overrides, e.g. "
+            f'[arms.fc] "model.head" = "fc"; got {len(raw) if isinstance(raw, dict) else raw!r}'
+        )
+    arms = {}
+    for arm, table in raw.items():
+        where = f"{path}: [arms.{arm}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where} must be a table of dotted overrides, but got {table!r}")
+        values = flatten_toml(table, where)
+        for key, value in values.items():
+            if key == "train.seed":
+                raise ConfigError(f"{where}: train.seed is set by seeds = [...], not per arm")
+            check_value(key, value, where)
+        arms[arm] = values
+    baseline = doc.get("baseline", next(iter(arms)))
+    if baseline not in arms:
+        raise ConfigError(
+            f"{path}: baseline = {baseline!r} is not an arm; arms: {', '.join(arms)}"
+        )
+    tables = {k: v for k, v in doc.items() if k in SECTIONS}
+    study = Study(
+        name,
+        path,
+        len(arms) * len(seeds),
+        flatten_toml(tables, path) | (overrides or {}),
+        {
+            "arm": Param("arm", "categorical", choices=list(arms)),
+            # an int range, not choices: Optuna lets a range grow when --seeds adds seeds
+            "train.seed": Param("train.seed", "int", 0, max(seeds)),
+        },
+        {"type": "cells"},
+        {"type": "none"},
+        objective,
+        profile,
+        arms,
+        baseline,
+        seeds,
+    )
+    for arm in arms:  # every arm must be a valid config on the shared settings
+        with_params(study, {"arm": arm}, f"{path}: [arms.{arm}]")
+    return study
+
+
 def with_params(study: Study, values: dict[str, Any], source: str) -> Config:
-    """The study's base config with one trial's sampled values."""
-    return apply(study.base_config(), values, source)
+    """The study's base config with one trial's sampled values (an ablation arm's overrides
+    first, then the other values)."""
+    values = dict(values)
+    arm = values.pop("arm", None)
+    overrides = study.arms[arm] if arm is not None else {}
+    return apply(study.base_config(), overrides | values, source)
 
 
 def grid(study: Study) -> dict[str, list[Any]]:
@@ -222,4 +342,4 @@ def grid(study: Study) -> dict[str, list[Any]]:
     }
 
 
-__all__ = ["Param", "Study", "load_study", "with_params", "grid", "OBJECTIVES"]
+__all__ = ["Param", "Study", "load_study", "load_ablation", "with_params", "grid", "OBJECTIVES"]

@@ -26,12 +26,13 @@ import mlflow
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from nin_search.accounting import summarize
 from nin_search.config import ConfigError, flatten
 from nin_search.data import Data, load_data
 from nin_search.model import check_input_size
 from nin_search.study import OBJECTIVES, Param, Study, grid, with_params
 from nin_search.tracking import experiment_id, mask, run_tags, setup_tracking, ui_command
-from nin_search.train import fit, resolve_device
+from nin_search.train import evaluate, fit, resolve_device
 
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -112,6 +113,10 @@ def make_sampler(study: Study, offset: int = 0) -> optuna.samplers.BaseSampler:
         "cmaes": optuna.samplers.CmaEsSampler,
         "gp": optuna.samplers.GPSampler,
     }
+    if spec["type"] == "cells":  # an ablation: every arm x seed cell once
+        from nin_search.ablation import CellSampler
+
+        return CellSampler(study.cells(), offset)
     try:
         if spec["type"] == "grid":
             return optuna.samplers.GridSampler(grid(study), **args)
@@ -278,11 +283,12 @@ class _DataCache:
     def __init__(self) -> None:
         self.loaded: dict[tuple, Data] = {}
 
-    def get(self, cfg) -> Data:
+    def get(self, cfg, with_test: bool = False) -> Data:
         d = cfg.data
         key = (d.dataset, d.data_dir, d.val_size, d.split_seed, d.train_subset, cfg.train.device)
+        key += (with_test,)
         if key not in self.loaded:
-            self.loaded[key] = load_data(d, resolve_device(cfg.train.device), with_test=False)
+            self.loaded[key] = load_data(d, resolve_device(cfg.train.device), with_test)
         return dataclasses.replace(self.loaded[key], cfg=d)  # resize and augment per trial
 
 
@@ -303,16 +309,22 @@ def make_objective(
             "nin.study": study.name,
             "nin.trial": str(trial.number),
         } | (extra_tags or {})
+        run_name = f"{study.name} trial {trial.number}"
+        if "arm" in values:  # an ablation cell: the MLflow UI compares arms by these
+            arm, seed = values["arm"], values["train.seed"]
+            tags |= {"nin.arm": arm, "nin.seed": str(seed)}
+            run_name = f"{arm} seed {seed}"
         reason, cfg = "", None
         try:
             cfg = with_params(study, values, f"{study.path}: trial {trial.number}")
             check_input_size(cfg.model, cfg.data.resize or 28)
+            size = summarize(cfg)["totals"]
         except ConfigError as e:
             reason = str(e)
         setup = time.perf_counter()  # tracking overhead: the run's setup and every epoch's log
         run = mlflow.start_run(
             experiment_id=exp_id,
-            run_name=f"{study.name} trial {trial.number}",
+            run_name=run_name,
             tags=tags | (run_tags(cfg, str(resolve_device(cfg.train.device))) if cfg else {}),
         )
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
@@ -324,6 +336,9 @@ def make_objective(
                 trial.set_user_attr("fail_reason", reason)
                 mlflow.set_tag("nin.reason", reason[:5000])
                 raise TrialRejected(reason)
+            trial.set_user_attr("params", size["params"])
+            trial.set_user_attr("macs", size["macs"])
+            mlflow.log_metrics({"model_params": size["params"], "model_macs": size["macs"]})
             overhead = []
 
             def on_epoch(m: dict) -> str | None:
@@ -340,10 +355,11 @@ def make_objective(
             try:
                 _training.set()
                 _check_ctrl_c()  # pressed while the trial was being set up
-                result = fit(cfg, cache.get(cfg), on_epoch)
+                data = cache.get(cfg, with_test=study.final_eval)
+                result = fit(cfg, data, on_epoch)
             finally:
                 _training.clear()
-            trial.set_user_attr("epochs", len(result.history))
+            _record(trial, result.history)
             trial.set_user_attr("tracking_s", setup + sum(o for o, _ in overhead))
             trial.set_user_attr("epoch_s", sum(e for _, e in overhead))
             if result.status == "diverged":
@@ -362,6 +378,13 @@ def make_objective(
             state = "complete"
             value = reduce([h[metric] for h in result.history])
             mlflow.log_metric(f"objective_{study.objective}", value)
+            if study.final_eval:  # reported, never used for tuning or pruning
+                device = next(result.model.parameters()).device
+                loss, acc = evaluate(
+                    result.model, data.test_x, data.test_y, data, device.type == "cuda"
+                )
+                mlflow.log_metrics({"test_loss": loss, "test_acc": acc})
+                trial.set_user_attr("test_acc", acc)
             return value
         except KeyboardInterrupt:
             state = "interrupted"
@@ -371,6 +394,61 @@ def make_objective(
             mlflow.end_run(MLFLOW_STATUS[state])
 
     return objective
+
+
+def _record(trial: optuna.Trial, history: list[dict]) -> None:
+    """What reports need from a trial, kept on the Optuna trial itself."""
+    trial.set_user_attr("epochs", len(history))
+    if not history:
+        return
+    trial.set_user_attr("val_acc", [h["val_acc"] for h in history])
+    for key in ("img_per_s", "epoch_time_s"):
+        trial.set_user_attr(key, sum(h[key] for h in history) / len(history))
+    if "peak_mem_mib" in history[0]:
+        trial.set_user_attr("peak_mem_mib", max(h["peak_mem_mib"] for h in history))
+
+
+def spec(study: Study) -> dict[str, Any]:
+    """What `report NAME` needs without the study file, kept on the Optuna study."""
+    return {
+        "kind": study.kind,
+        "path": study.path,
+        "objective": study.objective,
+        "base": flatten(study.base_config()),
+        "params": {k: dataclasses.asdict(p) for k, p in study.params.items()},
+        "arms": study.arms,
+        "baseline": study.baseline,
+        "seeds": study.seeds,
+        "final_eval": study.final_eval,
+    }
+
+
+def _same_ablation(study: Study, before: dict | None) -> None:
+    """An ablation resumed with other arms or shared settings would mix incomparable runs."""
+    if not study.arms or not before:
+        return
+    now = spec(study)
+    changed = [
+        f"{k}: {before['base'].get(k)!r} -> {v!r}"
+        for k, v in now["base"].items()
+        if k != "train.seed" and before["base"].get(k) != v
+    ]
+    if before["arms"] != now["arms"]:
+        changed.insert(0, f"arms: {before['arms']} -> {now['arms']}")
+    if changed:
+        raise ConfigError(
+            f"{study.path}: ablation {study.name!r} was started with other settings "
+            f"({'; '.join(changed)[:500]}); rename it (name = ...) to start a new one"
+        )
+
+
+def finished(study: Study, ostudy: optuna.Study) -> int:
+    """Finished trials; for an ablation, the cells of its grid with a finished trial."""
+    trials = ostudy.get_trials(deepcopy=False, states=FINISHED)
+    if not study.arms:
+        return len(trials)
+    grid = {(c["arm"], c["train.seed"]) for c in study.cells()}
+    return len({(t.params.get("arm"), t.params.get("train.seed")) for t in trials} & grid)
 
 
 def _counts(ostudy: optuna.Study) -> dict[TrialState, int]:
@@ -410,10 +488,14 @@ def run_worker(
 ) -> int:
     """Run trials in this process until the study holds `target` finished ones."""
     ostudy, exp_id, parent = _open(study, url, worker=True)
-    done = sum(_counts(ostudy)[s] for s in FINISHED)
-    if done >= target:
+    if finished(study, ostudy) >= target:
         return 0
     objective = make_objective(study, exp_id, parent, lr_range, _DataCache(), extra_tags)
+
+    def enough(s: optuna.Study, _t: FrozenTrial) -> None:
+        if finished(study, s) >= target:
+            s.stop()
+
     with _deferred_ctrl_c():
         ostudy.optimize(
             objective,
@@ -421,7 +503,7 @@ def run_worker(
             timeout=timeout,
             catch=(TrialRejected,),
             callbacks=[
-                optuna.study.MaxTrialsCallback(target, states=FINISHED),
+                enough,
                 lambda s, t: _report_trial(study, s, t),
                 lambda s, t: _check_ctrl_c(),  # pressed between trials: start no other
             ],
@@ -436,19 +518,29 @@ def run_sweep(
     timeout: float | None = None,
     workers: int = 1,
     argv_tail: list[str] | None = None,
+    worker: bool = False,
 ) -> int:
-    """The sweep command: resume or start the study, run workers, print the summary."""
+    """The sweep command: resume or start the study, run workers, print the summary.
+
+    argv_tail is the command line (subcommand first) that --workers K starts K times with
+    --worker: such a process runs trials only and leaves the summary to the one that started it.
+    """
     target = n_trials or study.n_trials
     ostudy, _, parent = _open(study, url)
     before = _counts(ostudy)
-    done = sum(before[s] for s in FINISHED)
+    done = finished(study, ostudy)
     best_before = _best(ostudy)
-    print(
-        f"study {study.name!r} at {mask(url)}: {done} of {target} trials finished; "
-        f"MLflow experiment {study.name!r}, parent run {parent}"
-    )
+    if not worker:
+        _same_ablation(study, ostudy.user_attrs.get("nin_spec"))
+        ostudy.set_user_attr("nin_spec", spec(study))
+        unit = "cells" if study.arms else "trials"
+        print(
+            f"study {study.name!r} at {mask(url)}: {done} of {target} {unit} finished; "
+            f"MLflow experiment {study.name!r}, parent run {parent}"
+        )
     if done >= target:
-        print(f"the study already holds {done} finished trials (target {target}): nothing to do")
+        if not worker:
+            print(f"the study already holds {done} finished {unit} (target {target}): nothing to do")
         return 0
     lr_range = None
     if any(p.kind == "lr_finder" for p in study.params.values()):
@@ -461,6 +553,8 @@ def run_sweep(
         code = run_worker(study, url, target, timeout, lr_range)
     else:
         code = _spawn(workers, argv_tail or [])
+    if worker:
+        return code
     _summary(
         study,
         optuna.load_study(study_name=study.name, storage=open_storage(url)),
@@ -483,7 +577,7 @@ def _spawn(workers: int, argv_tail: list[str]) -> int:
         env = dict(os.environ)
         if gpus > 1:
             env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
-        cmd = [sys.executable, "-m", "nin_search", "sweep", *argv_tail, "--workers", "1"]
+        cmd = [sys.executable, "-m", "nin_search", *argv_tail, "--workers", "1", "--worker"]
         procs.append(subprocess.Popen(cmd, env=env))
     try:
         codes = [p.wait() for p in procs]
@@ -501,13 +595,13 @@ def _summary(
 ) -> None:
     after = _counts(ostudy)
     now = {s: after[s] - before[s] for s in TrialState}
-    done = sum(after[s] for s in FINISHED)
+    done = finished(study, ostudy)
     print(
         f"this run: {sum(now.values())} trials ({now[TrialState.COMPLETE]} complete, "
         f"{now[TrialState.PRUNED]} pruned, {now[TrialState.FAIL]} failed); "
         f"in total {done} finished of {target} targeted, {after[TrialState.FAIL]} failed"
     )
-    best = _best(ostudy)
+    best = _best(ostudy) if not study.arms else None  # an ablation has no "best": see below
     if best is not None:
         params = ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items()

@@ -106,4 +106,16 @@ def run_tags(cfg: Config, device: str) -> dict[str, str]:
 
 def ui_command(uri: str) -> str:
     """The command that opens the MLflow UI on this store, bound to 127.0.0.1."""
-    return f"mlflow server --backend-store-uri {mask(uri)} --host 127.0.0.1 --port 5000"
+    return "python -m nin_search ui" if uri == DEFAULT_URI else (
+        f"mlflow server --backend-store-uri {mask(uri)} --host 127.0.0.1 --port 5000"
+    )
+
+
+def ui_args(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """argv of `mlflow server` on this store; artifacts of new experiments go to mlruns/."""
+    import sys
+
+    args = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
+    if uri == DEFAULT_URI:
+        args += ["--default-artifact-root", ARTIFACTS.resolve().as_uri()]
+    return args + ["--host", host, "--port", str(port)]

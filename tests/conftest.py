@@ -81,3 +81,14 @@ def squares(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         r, c = divmod(k, 5)
         x[y == k, 3 + 12 * r : 11 + 12 * r, 1 + 5 * c : 6 + 5 * c] = 255
     return x, y
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """256 training and 16 test images of the squares task as IDX files."""
+    folder = tmp_path_factory.mktemp("squares")
+    for prefix, n, seed in (("train", 256, 0), ("t10k", 16, 1)):
+        x, y = squares(n, seed)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", x)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", y)
+    return folder

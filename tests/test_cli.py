@@ -94,7 +94,7 @@ def test_train_logs_params_and_per_epoch_metrics_to_the_default_store(tiny: Path
     # one fixed line per epoch and a closing line with the run id and the UI command
     assert res.stdout.count("epoch ") >= 2 and "val_acc" in res.stdout
     assert run["run_id"] in res.stdout.splitlines()[-1]
-    assert "mlflow server" in res.stdout.splitlines()[-1]
+    assert "python -m nin_search ui" in res.stdout.splitlines()[-1]  # the default store
 
 
 def test_auto_profile_says_which_profile_it_picked(tiny: Path):

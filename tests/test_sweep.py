@@ -18,7 +18,6 @@ from types import SimpleNamespace
 import mlflow
 import optuna
 import pytest
-from conftest import squares, write_idx
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
@@ -158,17 +157,6 @@ def wait_for_running_trial(proc: subprocess.Popen, folder: Path, name: str) -> i
         assert proc.poll() is None, proc.stderr.read()
         time.sleep(0.1)
     raise AssertionError("no trial started within 120 s")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    """256 training images of the squares task as IDX files."""
-    folder = tmp_path_factory.mktemp("squares")
-    for prefix, n, seed in (("train", 256, 0), ("t10k", 16, 1)):
-        x, y = squares(n, seed)
-        write_idx(folder / f"{prefix}-images-idx3-ubyte", x)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte", y)
-    return folder
 
 
 @pytest.fixture(scope="module")

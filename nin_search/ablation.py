@@ -1,0 +1,126 @@
+"""Seed-paired ablations on the sweep machinery: every arm x seed cell once, then statistics.
+
+    python -m nin_search ablate studies/ablate_head.toml [--seeds 5] [--workers 2]
+
+An ablation is an Optuna study whose sampler hands out the cells of the fixed grid arm x seed
+(no pruning), so resume, workers, heartbeats and MLflow parent/child runs come from sweep.py.
+A cell is done once it holds a finished trial (complete, or pruned because it diverged); a
+failed or interrupted cell is run again, a finished one never. All arms share the data split
+(data.split_seed), so arms are paired by seed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from nin_search.config import ConfigError
+from nin_search.model import check_input_size
+from nin_search.study import Study, with_params
+
+TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+
+
+def _cell(t: FrozenTrial) -> tuple[str, int] | None:
+    """The (arm, seed) a trial holds: its params, or what was assigned or enqueued for it."""
+    for where in (t.system_attrs.get("nin_cell"), t.system_attrs.get("fixed_params"), t.params):
+        if where and "arm" in where and "train.seed" in where:  # params fill in one by one
+            return where["arm"], where["train.seed"]
+    return None
+
+
+def _taken(t: FrozenTrial) -> bool:
+    # a rejected cell (its config cannot run) counts as taken too: rerunning it cannot help
+    return t.state in TAKEN or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs)
+
+
+def free_cells(study: optuna.Study, cells: list[dict], exclude: int | None = None) -> list[dict]:
+    """Cells no finished, running or queued trial holds."""
+    taken = {
+        _cell(t)
+        for t in study._storage.get_all_trials(study._study_id, deepcopy=False)
+        if t.number != exclude and _taken(t)
+    }
+    return [c for c in cells if (c["arm"], c["train.seed"]) not in taken]
+
+
+class CellSampler(optuna.samplers.BaseSampler):
+    """Hands each trial a cell nobody holds; worker k starts k cells further along, so workers
+    started together rarely pick the same one (when they do, reports keep the first finished).
+    Like Optuna's GridSampler, but a failed cell is free again instead of visited."""
+
+    def __init__(self, cells: list[dict[str, Any]], offset: int = 0) -> None:
+        self.cells, self.offset = cells, offset
+
+    def infer_relative_search_space(self, study, trial) -> dict:
+        return {}
+
+    def sample_relative(self, study, trial, search_space) -> dict:
+        return {}
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if "fixed_params" in trial.system_attrs:  # a heartbeat retry: its cell is set
+            return
+        pool = free_cells(study, self.cells, exclude=trial.number) or self.cells
+        cell = pool[self.offset % len(pool)]
+        study._storage.set_trial_system_attr(trial._trial_id, "nin_cell", cell)
+
+    def sample_independent(self, study, trial: FrozenTrial, param_name: str, distribution):
+        return trial.system_attrs["nin_cell"][param_name]
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state, values) -> None:
+        if not free_cells(study, self.cells):  # this trial still counts as running here
+            study.stop()  # the rest is finished or running elsewhere
+
+
+def check_arms(study: Study) -> None:
+    """Every arm's config, input size included, before anything is written."""
+    for arm in study.arms:
+        where = f"{study.path}: [arms.{arm}]"
+        cfg = with_params(study, {"arm": arm}, where)
+        try:
+            check_input_size(cfg.model, cfg.data.resize or 28)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+
+
+def cell_frame(spec: dict, ostudy: optuna.Study) -> pd.DataFrame:
+    """One row per cell of the grid with its first finished trial (state complete, diverged or
+    missing): arm, seed, state, trial, value, test_acc, params, macs, img_per_s, epoch_time_s,
+    peak_mem_mib and the val_acc curve."""
+    first: dict[tuple, FrozenTrial] = {}
+    for t in sorted(ostudy.get_trials(deepcopy=False), key=lambda t: t.number):
+        key = _cell(t)
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and key not in first:
+            first[key] = t
+    rows = []
+    for seed in spec["seeds"]:
+        for arm in spec["arms"]:
+            t = first.get((arm, seed))
+            a = t.user_attrs if t else {}
+            state = "missing" if t is None else "complete"
+            if t is not None and t.state == TrialState.PRUNED:
+                state = "diverged" if "reason" in a else "pruned"
+            rows.append(
+                {
+                    "arm": arm,
+                    "seed": seed,
+                    "state": state,
+                    "trial": t.number if t else None,
+                    "value": t.value if t is not None and state == "complete" else None,
+                    "test_acc": a.get("test_acc"),
+                    "params": a.get("params"),
+                    "macs": a.get("macs"),
+                    "img_per_s": a.get("img_per_s"),
+                    "epoch_time_s": a.get("epoch_time_s"),
+                    "peak_mem_mib": a.get("peak_mem_mib"),
+                    "val_acc": a.get("val_acc"),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+__all__ = ["CellSampler", "free_cells", "check_arms", "cell_frame"]

@@ -1,0 +1,212 @@
+"""Reports of a finished (or running) study, written to reports/<study>/ and its MLflow parent run.
+
+    python -m nin_search report studies/ablate_head.toml
+    python -m nin_search report nin-quick --storage sqlite:///mlruns/optuna.db
+
+An ablation gets its summary table (summary.csv, summary.md, printed), the per-seed cells
+(cells.csv) and plots: accuracy per arm with CIs, accuracy against params and MACs, mean val
+curves with a band. A sweep gets Optuna's optimization history, intermediate values, parallel
+coordinates, param importances and slice plots, the trials as trials.csv and the best
+configuration as best_config.toml, ready for `train --config`. index.html shows it all.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+import mlflow
+import optuna
+import pandas as pd
+
+from nin_search import plots, stats
+from nin_search.ablation import cell_frame
+from nin_search.config import Config, ConfigError, apply, read_toml, to_toml
+from nin_search.sweep import open_storage
+from nin_search.tracking import mask, setup_tracking
+
+ROOT = Path("reports")
+
+
+def load(name_or_file: str, url: str) -> optuna.Study:
+    """The Optuna study named directly or by its study file's `name`."""
+    name = name_or_file
+    if name_or_file.endswith(".toml") or Path(name_or_file).is_file():
+        name = read_toml(name_or_file).get("name")
+        if not isinstance(name, str):
+            raise ConfigError(f"{name_or_file}: no name = \"...\" to find the study by")
+    storage = open_storage(url)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        known = optuna.get_all_study_names(storage)
+        raise ConfigError(
+            f"study {name!r} is not in {mask(url)}; it holds: {', '.join(known) or 'no studies'}"
+            " (run `sweep` or `ablate` first, or pass --storage)"
+        ) from None
+
+
+def _spec(ostudy: optuna.Study) -> dict:
+    spec = ostudy.user_attrs.get("nin_spec")
+    if spec is None:
+        raise ConfigError(
+            f"study {ostudy.study_name!r} was not made by nin-search (no nin_spec attribute)"
+        )
+    return spec
+
+
+def _fmt(table: pd.DataFrame) -> pd.DataFrame:
+    """Readable numbers: accuracies to 4 places, p to 3 significant digits, sizes with commas."""
+    out = table.copy().astype(object)
+    for col in table.columns:
+        if col in ("arm", "n", "diverged", "missing"):
+            continue
+        digits = {"p_value": ".3g", "img_per_s": ",.0f", "params": ",", "macs": ","}
+        fmt = digits.get(col, ".2f" if col in ("epoch_time_s", "peak_mem_mib") else ".4f")
+        out[col] = [
+            "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+            for v in table[col]
+        ]
+    return out
+
+
+def ablation_markdown(name: str, spec: dict, table: pd.DataFrame) -> str:
+    finished = int(table["n"].sum() + table["diverged"].sum())
+    cells = len(spec["arms"]) * len(spec["seeds"])
+    lines = [
+        f"# Ablation {name}",
+        "",
+        f"- metric: {spec['objective']} on the validation split, {finished} of {cells} cells"
+        f" finished, seeds {spec['seeds']}",
+        f"- baseline: {spec['baseline']}; delta = arm - baseline, paired by seed",
+        f"- test: {stats.TEST}",
+    ]
+    if "test_mean" in table:
+        lines.append("- test_*: accuracy on the test set (--final-eval), never used for tuning")
+    return "\n".join(lines + ["", _fmt(table).to_markdown(
+        index=False, disable_numparse=True, colalign=["left"] + ["right"] * (table.shape[1] - 1)
+    ), ""])
+
+
+def _page(title: str, blocks: list[str]) -> str:
+    """One self-contained HTML page: plotly.js once, then the blocks."""
+    from plotly.offline import get_plotlyjs
+
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style>"
+        f"<script>{get_plotlyjs()}</script></head><body><h1>{html.escape(title)}</h1>"
+        + "\n".join(blocks)
+        + "</body></html>"
+    )
+
+
+def _write(out: Path, figures: dict, tables: dict[str, str], title: str, notes: list[str]):
+    for name, fig in figures.items():  # plotly.min.js once beside them, for offline viewing
+        fig.write_html(out / f"{name}.html", include_plotlyjs="directory")
+    blocks = [f"<p>{html.escape(n)}</p>" for n in notes]
+    blocks += [f"<h2>{html.escape(k)}</h2>{v}" for k, v in tables.items()]
+    blocks += [fig.to_html(full_html=False, include_plotlyjs=False) for fig in figures.values()]
+    (out / "index.html").write_text(_page(title, blocks))
+
+
+def ablation_report(ostudy: optuna.Study, out: Path) -> tuple[pd.DataFrame, str, dict]:
+    spec = _spec(ostudy)
+    cells = cell_frame(spec, ostudy)
+    table = stats.compare(cells, spec["baseline"])
+    cells.to_csv(out / "cells.csv", index=False)
+    table.to_csv(out / "summary.csv", index=False)
+    text = ablation_markdown(ostudy.study_name, spec, table)
+    (out / "summary.md").write_text(text)
+    metric = spec["objective"]
+    figures = {
+        "accuracy": plots.arm_accuracy(table, cells, metric),
+        "accuracy_vs_params": plots.accuracy_against(table, "params", metric),
+        "accuracy_vs_macs": plots.accuracy_against(table, "macs", metric),
+        "val_curves": plots.arm_curves(cells),
+    }
+    notes = text.split("\n\n")[0].splitlines()[2:]
+    _write(
+        out,
+        figures,
+        {"summary": _fmt(table).to_html(index=False), "cells": cells.to_html(index=False)},
+        f"Ablation {ostudy.study_name}",
+        notes,
+    )
+    return table, text, figures
+
+
+def _best_config(spec: dict, best: optuna.trial.FrozenTrial) -> str:
+    cfg = apply(Config(), spec["base"] | best.params, f"trial {best.number}")
+    head = f"# best trial {best.number}: value {best.value:.6g}; train with:\n"
+    return head + "#   python -m nin_search train --config best_config.toml\n" + to_toml(cfg)
+
+
+def sweep_report(ostudy: optuna.Study, out: Path) -> tuple[str, dict]:
+    from optuna import visualization as vis
+
+    spec = _spec(ostudy)
+    ostudy.trials_dataframe().to_csv(out / "trials.csv", index=False)
+    figures, notes = {}, []
+    makers = {
+        "optimization_history": vis.plot_optimization_history,
+        "intermediate_values": vis.plot_intermediate_values,
+        "parallel_coordinate": vis.plot_parallel_coordinate,
+        "param_importances": vis.plot_param_importances,
+        "slice": vis.plot_slice,
+    }
+    for name, make in makers.items():
+        try:
+            figures[name] = make(ostudy)
+        except (ValueError, RuntimeError, ZeroDivisionError) as e:  # too few trials for it
+            notes.append(f"{name}: not drawn ({str(e).splitlines()[0][:200]})")
+    try:
+        best = ostudy.best_trial
+    except ValueError:
+        best = None
+    if best is not None:
+        (out / "best_config.toml").write_text(_best_config(spec, best))
+        shown = ", ".join(f"{k}={v}" for k, v in best.params.items())
+        notes.insert(0, f"best {spec['objective']} {best.value:.4f} (trial {best.number}: {shown})")
+    else:
+        notes.insert(0, "no complete trial yet: no best configuration")
+    _write(out, figures, {}, f"Sweep {ostudy.study_name}", notes)
+    return "\n".join(notes), figures
+
+
+def _log(ostudy: optuna.Study, out: Path, figures: dict) -> str:
+    """The report on the study's MLflow parent run (plots as self-contained figures)."""
+    parent = ostudy.user_attrs.get("mlflow_parent_run_id")
+    if not parent:
+        return "no MLflow parent run recorded on the study"
+    setup_tracking()
+    client = mlflow.MlflowClient()
+    try:
+        for path in sorted(out.iterdir()):
+            if path.suffix != ".js" and (path.suffix != ".html" or path.name == "index.html"):
+                client.log_artifact(parent, str(path), "report")
+        for name, fig in figures.items():
+            client.log_figure(parent, fig, f"report/{name}.html")
+    except mlflow.exceptions.MlflowException as e:
+        return f"not logged to MLflow ({str(e).splitlines()[0][:200]})"
+    return f"logged to MLflow parent run {parent} under report/"
+
+
+def report(ostudy: optuna.Study, root: Path = ROOT, quiet: bool = False) -> Path:
+    """Write the study's report; print its summary and where it went."""
+    out = root / ostudy.study_name
+    out.mkdir(parents=True, exist_ok=True)
+    if _spec(ostudy)["kind"] == "ablation":
+        _, text, figures = ablation_report(ostudy, out)
+    else:
+        text, figures = sweep_report(ostudy, out)
+    logged = _log(ostudy, out, figures)
+    if not quiet:
+        print(text)
+    print(f"report: {out / 'index.html'}; {logged}")
+    return out
+
+
+__all__ = ["load", "report", "ablation_report", "sweep_report", "ablation_markdown"]

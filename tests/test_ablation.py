@@ -1,0 +1,361 @@
+"""Ablations and reports end to end: statistics against scipy, a tiny 2-arm x 2-seed ablation
+through the CLI on real Optuna and MLflow SQLite stores, resume, reruns of failed cells, sweep
+reports and every bad ablation file."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+from scipy import stats as sps
+from test_sweep import TINY, _env, runs, sqlite_url, sweep_ok, trials, write_study
+
+from nin_search import cli, stats
+from nin_search.config import load_config
+from nin_search.study import load_ablation
+
+# --- statistics on fixed numbers ------------------------------------------------------------
+
+
+def test_describe_matches_scipy_and_hand_values():
+    x = [0.80, 0.82, 0.81, 0.85]
+    d = stats.describe(x)
+    assert d["n"] == 4 and d["mean"] == pytest.approx(0.82)
+    assert d["sd"] == pytest.approx(np.std(x, ddof=1))
+    low, high = sps.t.interval(0.95, 3, loc=np.mean(x), scale=sps.sem(x))
+    assert (d["ci_low"], d["ci_high"]) == pytest.approx((low, high))
+    # by hand: sd 0.021602, t(0.975, 3) = 3.182446, half-width 0.034374
+    assert d["ci_high"] - d["mean"] == pytest.approx(3.182446 * 0.021602 / 2, rel=1e-4)
+
+
+def test_describe_small_samples():
+    assert stats.describe([])["n"] == 0 and math.isnan(stats.describe([])["mean"])
+    one = stats.describe([0.7])
+    assert one["mean"] == 0.7 and math.isnan(one["sd"]) and math.isnan(one["ci_low"])
+    same = stats.describe([0.5, 0.5, 0.5])
+    assert same["sd"] == 0 and same["ci_low"] == same["ci_high"] == 0.5
+
+
+def test_paired_matches_scipy_ttest_rel():
+    a, b = [1.0, 2.0, 3.0, 4.0], [0.0, 2.0, 2.0, 2.0]  # differences 1, 0, 1, 2
+    p = stats.paired(a, b)
+    res = sps.ttest_rel(a, b)
+    ci = res.confidence_interval(0.95)
+    assert p["delta"] == pytest.approx(1.0)
+    assert p["p_value"] == pytest.approx(res.pvalue)
+    assert (p["delta_ci_low"], p["delta_ci_high"]) == pytest.approx((ci.low, ci.high))
+    # by hand: t = 1 / (0.816497 / 2) = 2.449490 with 3 df, two-sided p = 0.0917
+    assert p["p_value"] == pytest.approx(0.0917, abs=5e-4)
+
+
+def test_paired_degenerate_cases_are_nan_not_errors():
+    one = stats.paired([0.9], [0.8])
+    assert one["delta"] == pytest.approx(0.1) and math.isnan(one["p_value"])
+    constant = stats.paired([0.9, 0.8], [0.8, 0.7])  # every difference 0.1: no variance
+    assert constant["delta"] == pytest.approx(0.1) and math.isnan(constant["delta_ci_low"])
+
+
+def _cells(rows):
+    cols = ["arm", "seed", "state", "value", "test_acc", "params", "macs", "img_per_s",
+            "epoch_time_s", "peak_mem_mib"]  # fmt: skip
+    return pd.DataFrame([dict(zip(cols, r, strict=True)) for r in rows])
+
+
+def test_compare_pairs_by_seed_and_counts_diverged():
+    cells = _cells(
+        [
+            ("base", 0, "complete", 0.80, None, 100, 1000, 50.0, 2.0, None),
+            ("base", 1, "complete", 0.82, None, 100, 1000, 70.0, 2.0, None),
+            ("base", 2, "complete", 0.78, None, 100, 1000, 60.0, 2.0, None),
+            ("wide", 0, "complete", 0.85, None, 400, 3000, 20.0, 5.0, None),
+            ("wide", 1, "diverged", None, None, 400, 3000, 20.0, 5.0, None),
+            ("wide", 2, "complete", 0.80, None, 400, 3000, 20.0, 5.0, None),
+        ]
+    )
+    t = stats.compare(cells, "base").set_index("arm")
+    assert list(t.index) == ["base", "wide"]
+    assert t.loc["base", "n"] == 3 and t.loc["wide", "n"] == 2
+    assert t.loc["wide", "diverged"] == 1 and t.loc["base", "diverged"] == 0
+    assert t.loc["base", "mean"] == pytest.approx(0.80)
+    assert t.loc["base", "img_per_s"] == pytest.approx(60.0)
+    assert t.loc["wide", "params"] == 400 and t.loc["wide", "macs"] == 3000
+    # pairs: seeds 0 and 2 only (seed 1 diverged): differences 0.05 and 0.02
+    res = sps.ttest_rel([0.85, 0.80], [0.80, 0.78])
+    assert t.loc["wide", "delta"] == pytest.approx(0.035)
+    assert t.loc["wide", "p_value"] == pytest.approx(res.pvalue)
+    assert t.loc["base", "delta"] == 0 and math.isnan(t.loc["base", "p_value"])
+    assert "peak_mem_mib" not in t.columns  # CPU runs: no peak memory column
+    assert list(t.reset_index().columns[:10]) == stats.COLUMNS[:10]
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def ablation_text(name: str, data: Path, seeds="[0, 1]", arms=None, top="") -> str:
+    values = TINY | {"data.data_dir": str(data), "train.lr": 0.003}
+    lines = [f"name = {json.dumps(name)}", f"seeds = {seeds}", top]
+    for section in ("model", "data", "train"):
+        lines.append(f"[{section}]")
+        lines += [
+            f"{k.split('.', 1)[1]} = {json.dumps(v)}"
+            for k, v in values.items()
+            if k.startswith(section + ".")
+        ]
+    arms = {"gap": {"model.head": "gap"}, "fc": {"model.head": "fc"}} if arms is None else arms
+    for arm, overrides in arms.items():
+        lines.append(f"[arms.{arm}]")
+        lines += [f'"{k}" = {json.dumps(v)}' for k, v in overrides.items()]
+    return "\n".join(lines) + "\n"
+
+
+def nin(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "nin_search", *args],
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def nin_ok(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    res = nin(*args, cwd=cwd)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
+# --- a tiny 2-arm x 2-seed ablation through the CLI ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def abl(tmp_path_factory, data: Path) -> SimpleNamespace:
+    folder = tmp_path_factory.mktemp("ablation")
+    (folder / "abl.toml").write_text(ablation_text("abl", data))
+    first = nin_ok("ablate", "abl.toml", "--final-eval", cwd=folder)
+    return SimpleNamespace(folder=folder, first=first)
+
+
+def test_ablation_runs_every_cell_once(abl):
+    ts = trials(abl.folder, "abl")
+    cells = sorted((t.params["arm"], t.params["train.seed"]) for t in ts)
+    assert cells == [("fc", 0), ("fc", 1), ("gap", 0), ("gap", 1)]
+    assert all(t.state == TrialState.COMPLETE for t in ts)
+    assert "0 of 4 cells finished" in abl.first.stdout
+
+
+def test_ablation_runs_are_comparable_in_mlflow(abl):
+    df = runs(abl.folder, "abl")
+    parent = df[df["tags.nin.role"] == "study"]
+    kids = df[df["tags.nin.role"] != "study"]
+    assert len(parent) == 1 and len(kids) == 4
+    assert set(kids["tags.mlflow.parentRunId"]) == {parent["run_id"].iloc[0]}
+    assert sorted(kids["tags.mlflow.runName"]) == ["fc seed 0", "fc seed 1", "gap seed 0", "gap seed 1"]
+    assert sorted(zip(kids["tags.nin.arm"], kids["tags.nin.seed"])) == [
+        ("fc", "0"), ("fc", "1"), ("gap", "0"), ("gap", "1")
+    ]  # fmt: skip
+    assert set(kids["tags.nin.study"]) == {"abl"}
+    # the dotted params differ exactly where the arms do
+    assert set(kids[kids["tags.nin.arm"] == "fc"]["params.model.head"]) == {"fc"}
+    assert set(kids["params.train.seed"]) == {"0", "1"}
+    assert (kids["metrics.model_params"] > 0).all() and kids["metrics.test_acc"].notna().all()
+    client = mlflow.MlflowClient()
+    artifacts = {a.path for a in client.list_artifacts(parent["run_id"].iloc[0], "report")}
+    assert {"report/summary.csv", "report/summary.md", "report/index.html"} <= artifacts
+    assert "report/val_curves.html" in artifacts
+
+
+def test_ablation_summary_matches_the_trials(abl):
+    out = abl.folder / "reports" / "abl"
+    table = pd.read_csv(out / "summary.csv").set_index("arm")
+    for col in stats.COLUMNS:
+        assert col in table.reset_index().columns or col == "peak_mem_mib"
+    ts = trials(abl.folder, "abl")
+    values = {(t.params["arm"], t.params["train.seed"]): t.value for t in ts}
+    for arm in ("gap", "fc"):
+        assert table.loc[arm, "n"] == 2
+        assert table.loc[arm, "mean"] == pytest.approx(np.mean([values[arm, 0], values[arm, 1]]))
+    delta = np.mean([values["fc", s] - values["gap", s] for s in (0, 1)])
+    assert table.loc["fc", "delta"] == pytest.approx(delta)
+    assert table.loc["gap", "delta"] == 0
+    assert table.loc["fc", "params"] != table.loc["gap", "params"]
+    assert table.loc["gap", "test_mean"] == pytest.approx(
+        np.mean([t.user_attrs["test_acc"] for t in ts if t.params["arm"] == "gap"])
+    )
+    md = (out / "summary.md").read_text()
+    assert "paired t-test (scipy.stats.ttest_rel)" in md and "| fc" in md
+    assert "| arm " in abl.first.stdout  # printed in the terminal too
+    for name in ("accuracy", "accuracy_vs_params", "accuracy_vs_macs", "val_curves"):
+        assert "plotly" in (out / f"{name}.html").read_text()[:2000].lower()
+    page = (out / "index.html").read_text()
+    assert "Ablation abl" in page and page.count("plotly-graph-div") >= 4
+
+
+def test_ablation_resume_and_more_seeds_skip_finished_cells(abl, tmp_path, data):
+    again = nin_ok("ablate", "abl.toml", cwd=abl.folder)
+    assert "nothing to do" in again.stdout
+    assert len(trials(abl.folder, "abl")) == 4
+    more = nin_ok("ablate", "abl.toml", "--seeds", "3", cwd=abl.folder)
+    ts = trials(abl.folder, "abl")
+    new = sorted((t.params["arm"], t.params["train.seed"]) for t in ts[4:])
+    assert new == [("fc", 2), ("gap", 2)]  # only the new seed's cells ran
+    assert "4 of 6 cells finished" in more.stdout
+    table = pd.read_csv(abl.folder / "reports" / "abl" / "summary.csv").set_index("arm")
+    assert table.loc["gap", "n"] == 3
+
+
+def test_ablation_reruns_a_failed_cell_only(tmp_path, data):
+    (tmp_path / "abl.toml").write_text(ablation_text("fails", data, seeds="[0]"))
+    nin_ok("ablate", "abl.toml", cwd=tmp_path)
+    study = optuna.load_study(study_name="fails", storage=sqlite_url(tmp_path))
+    # an interrupted cell: the gap run of seed 1 failed (as after Ctrl-C)
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.FAIL,
+            params={"arm": "gap", "train.seed": 1},
+            distributions={
+                "arm": study.trials[0].distributions["arm"],
+                "train.seed": optuna.distributions.IntDistribution(0, 1),
+            },
+            system_attrs={"nin_cell": {"arm": "gap", "train.seed": 1}},
+        )
+    )
+    res = nin_ok("ablate", "abl.toml", "--seeds", "2", cwd=tmp_path)
+    ts = trials(tmp_path, "fails")
+    ran = [(t.params["arm"], t.params["train.seed"]) for t in ts[3:]]
+    assert sorted(ran) == [("fc", 1), ("gap", 1)]  # the failed cell again, and the new one
+    assert all(t.state == TrialState.COMPLETE for t in ts[3:])
+    assert "2 of 4 cells finished" in res.stdout
+
+
+def test_ablation_with_two_workers_finishes_every_cell(tmp_path, data):
+    (tmp_path / "abl.toml").write_text(ablation_text("two", data))
+    res = nin_ok("ablate", "abl.toml", "--workers", "2", cwd=tmp_path)
+    done = [t for t in trials(tmp_path, "two") if t.state == TrialState.COMPLETE]
+    cells = {(t.params["arm"], t.params["train.seed"]) for t in done}
+    assert cells == {("gap", 0), ("gap", 1), ("fc", 0), ("fc", 1)}
+    assert not [t for t in trials(tmp_path, "two") if t.state == TrialState.FAIL]
+    assert res.stdout.count("# Ablation two") == 1  # one report, by the command, not per worker
+
+
+def test_ablation_with_changed_settings_is_refused(abl):
+    res = nin("ablate", "abl.toml", "--set", "train.lr=0.01", cwd=abl.folder)
+    assert res.returncode == 2, res.stderr
+    assert "train.lr: 0.003 -> 0.01" in res.stderr and "Traceback" not in res.stderr
+
+
+# --- reports ---------------------------------------------------------------------------------
+
+
+def test_report_of_an_ablation_by_name(abl, tmp_path):
+    res = nin_ok("report", "abl", "--out", str(tmp_path), cwd=abl.folder)
+    assert (tmp_path / "abl" / "summary.csv").is_file()
+    assert "# Ablation abl" in res.stdout
+
+
+def test_report_of_a_sweep(tmp_path, data):
+    write_study(tmp_path, "rep", data, n_trials=4, settings={"train.epochs": 3},
+                params={"train.lr": "{ low = 1e-3, high = 1e-2, log = true }",
+                        "model.dropout": "{ low = 0.0, high = 0.5 }"})  # fmt: skip
+    sweep_ok("study.toml", cwd=tmp_path)
+    res = nin_ok("report", "study.toml", cwd=tmp_path)
+    out = tmp_path / "reports" / "rep"
+    study = optuna.load_study(study_name="rep", storage=sqlite_url(tmp_path))
+    best = study.best_trial
+    assert f"best best_val_acc {best.value:.4f} (trial {best.number}" in res.stdout
+    table = pd.read_csv(out / "trials.csv")
+    assert len(table) == 4 and "params_train.lr" in table.columns
+    cfg = load_config(str(out / "best_config.toml"), [], None)
+    assert cfg.train.lr == pytest.approx(best.params["train.lr"])
+    assert cfg.model.dropout == pytest.approx(best.params["model.dropout"])
+    assert cfg.data.resize == TINY["data.resize"]  # the study's shared settings too
+    for name in ("optimization_history", "intermediate_values", "parallel_coordinate",
+                 "param_importances", "slice"):  # fmt: skip
+        assert (out / f"{name}.html").is_file(), name
+    assert (out / "index.html").read_text().count("plotly-graph-div") == 5
+    parent = runs(tmp_path, "rep").query("`tags.nin.role` == 'study'")["run_id"].iloc[0]
+    names = {a.path for a in mlflow.MlflowClient().list_artifacts(parent, "report")}
+    assert {"report/index.html", "report/trials.csv", "report/best_config.toml"} <= names
+
+
+def test_report_of_an_unknown_study_is_one_line(tmp_path):
+    res = nin("report", "nope", cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().count("\n") == 0
+    assert "study 'nope' is not in sqlite:///mlruns/optuna.db" in res.stderr
+
+
+# --- bad ablation files ------------------------------------------------------------------
+
+
+BAD = {
+    "unknown arm key": (
+        {"arms": {"a": {"model.head": "gap"}, "b": {"model.hed": "fc"}}},
+        "[arms.b]: unknown key 'model.hed'",
+    ),
+    "bad arm value": (
+        {"arms": {"a": {"model.head": "gap"}, "b": {"model.head": "mlp"}}},
+        "[arms.b]: model.head = 'mlp' is not allowed",
+    ),
+    "empty arms": ({"arms": {}}, "[arms] needs at least two arms"),
+    "one arm": ({"arms": {"a": {"model.head": "gap"}}}, "[arms] needs at least two arms"),
+    "unknown baseline": ({"top": 'baseline = "nope"'}, "baseline = 'nope' is not an arm"),
+    "seed in an arm": (
+        {"arms": {"a": {"train.seed": 3}, "b": {"model.head": "fc"}}},
+        "train.seed is set by seeds",
+    ),
+    "bad seeds": ({"seeds": "[1, 1]"}, "seeds = [1, 1] is not allowed"),
+    "unknown top key": ({"top": "n_trials = 3"}, "unknown key(s) n_trials"),
+    "arm too small for the network": (
+        {"arms": {"a": {"model.head": "gap"}, "b": {"model.preset": "d2l"}}},
+        "smallest",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_ablation_file_exits_2_with_one_line_and_writes_nothing(
+    case, tmp_path, data, monkeypatch, capsys
+):
+    kw, message = BAD[case]
+    (tmp_path / "bad.toml").write_text(ablation_text("bad", data, **kw))
+    monkeypatch.chdir(tmp_path)  # in-process: the CLI's own error path, without a new python
+    assert cli.main(["ablate", "bad.toml"]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert err.startswith("error: bad.toml") and err.count("\n") == 1
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_seeds_option_extends_or_cuts_the_list(tmp_path, data):
+    (tmp_path / "a.toml").write_text(ablation_text("s", data, seeds="[3, 7]"))
+    assert load_ablation(str(tmp_path / "a.toml")).seeds == [3, 7]
+    assert load_ablation(str(tmp_path / "a.toml"), n_seeds=1).seeds == [3]
+    assert load_ablation(str(tmp_path / "a.toml"), n_seeds=4).seeds == [3, 7, 0, 1]
+    default = tmp_path / "b.toml"
+    default.write_text(ablation_text("s", data).replace("seeds = [0, 1]", ""))
+    study = load_ablation(str(default))
+    assert study.seeds == [0, 1, 2] and study.baseline == "gap" and study.n_trials == 6
+
+
+def test_shipped_ablation_files_load():
+    names = {}
+    for path in sorted(Path("studies").glob("ablate_*.toml")):
+        study = load_ablation(str(path))
+        names[path.name] = (study.baseline, list(study.arms))
+        assert study.seeds == [0, 1, 2]
+    assert names["ablate_head.toml"] == ("gap", ["gap", "fc"])
+    assert names["ablate_reduction.toml"] == ("one-step", ["one-step", "gradual"])
+    assert names["ablate_mlp_depth.toml"][1] == ["depth-0", "depth-1", "depth-2", "depth-3"]
+    assert names["ablate_mlp_kernel.toml"][1] == ["1x1", "3x3"]
+    assert names["ablate_family.toml"][1] == ["d2l", "nin11", "nin16", "nin19"]
