@@ -20,6 +20,7 @@ from nin_search.config import Config, ConfigError, config_hash
 
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
 ARTIFACTS = Path("mlruns/artifacts")
+KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def mask(url: str) -> str:
@@ -58,7 +59,8 @@ def experiment_id(name: str) -> str:
             return exp.experiment_id
         location = ARTIFACTS.resolve().as_uri() if uri == DEFAULT_URI else None
         try:
-            return mlflow.create_experiment(name, artifact_location=location)
+            # the UI opens model-training experiments on their runs table (not the GenAI view)
+            return mlflow.create_experiment(name, artifact_location=location, tags=KIND)
         except mlflow.exceptions.MlflowException:  # another process created it meanwhile
             exp = mlflow.get_experiment_by_name(name)
             if exp is None:

@@ -1,0 +1,111 @@
+"""The MLflow UI comparison in a real browser: a tiny ablation, `python -m nin_search ui` on a free
+port, the experiment page in headless Chromium (Debian's /usr/bin/chromium driven by
+Playwright), every arm x seed run listed by name, and a screenshot."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+from test_ablation import ablation_text, nin_ok
+from test_sweep import _env
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+if not Path(CHROMIUM).exists() and not os.environ.get("CI"):  # CI installs it: never skip there
+    pytest.skip("no chromium (apt-get install chromium)", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"mlflow server at {url} not healthy within {seconds} s")
+
+
+def _outside_address() -> str | None:
+    """This machine's non-loopback address, if it has one."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))  # no packet is sent for UDP connect
+            address = s.getsockname()[0]
+    except OSError:
+        return None
+    return None if address.startswith("127.") else address
+
+
+def test_mlflow_ui_lists_the_arm_runs(tmp_path: Path, data: Path):
+    from playwright.sync_api import sync_playwright
+
+    (tmp_path / "abl.toml").write_text(ablation_text("ui-ablation", data))
+    nin_ok("ablate", "abl.toml", cwd=tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    exp_id = mlflow.get_experiment_by_name("ui-ablation").experiment_id
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "nin_search", "ui", "--port", str(port)],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # mlflow server starts workers: stop the whole group
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, server)
+        outside = _outside_address()
+        if outside:  # bound to 127.0.0.1 only: not reachable on the machine's own address
+            with pytest.raises(OSError), socket.create_connection((outside, port), timeout=2):
+                pass
+        names = ["gap seed 0", "gap seed 1", "fc seed 0", "fc seed 1"]
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
+            )
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            # the experiment's runs table (MLflow 3 opens on its GenAI view unless told)
+            page.goto(f"{url}/#/experiments/{exp_id}/runs?workflowType=machine_learning")
+            parent = page.get_by_role("link", name="ui-ablation", exact=True).first
+            parent.wait_for(timeout=90_000)
+            # the arm runs are children of the study's run: expand it (the + before its name)
+            row = page.locator("[role=row]", has=parent).first
+            row.locator("button[data-component-id*='runnamecellrenderer']").first.click()
+            for name in names:
+                page.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
+            shot = tmp_path / "mlflow_ui.png"
+            page.screenshot(path=str(shot), full_page=True)
+            browser.close()
+        assert shot.stat().st_size > 10_000
+        keep = os.environ.get("NIN_SEARCH_SCREENSHOTS")
+        if keep:  # a place to look at it afterwards
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy(shot, Path(keep) / shot.name)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
