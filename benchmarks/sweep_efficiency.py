@@ -48,8 +48,9 @@ type = "{pruner}"
 
 
 def run(folder: Path, pruner: str, args: argparse.Namespace) -> dict:
+    from nin_search.storage import open_storage
     from nin_search.study import load_study
-    from nin_search.sweep import open_storage, run_worker
+    from nin_search.sweep import run_worker
 
     path = folder / f"{pruner}.toml"
     name = f"efficiency-{pruner}"

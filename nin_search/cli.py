@@ -16,7 +16,6 @@ import sys
 
 from nin_search.config import ConfigError, load_config, resolve_profile
 
-
 STORAGE_HELP = (
     "Optuna storage URL (default $NIN_SEARCH_STORAGE or sqlite:///mlruns/optuna.db); "
     "a .log path = journal file"
@@ -179,8 +178,9 @@ def _duration(text: str | None) -> float | None:
 
 def _sweep(args: argparse.Namespace) -> int:
     from nin_search.config import parse_overrides
+    from nin_search.storage import storage_url
     from nin_search.study import load_study
-    from nin_search.sweep import run_sweep, storage_url
+    from nin_search.sweep import run_sweep
 
     if args.workers < 1 or (args.n_trials is not None and args.n_trials < 1):
         raise ConfigError("--workers and --n-trials must be >= 1")
@@ -198,8 +198,9 @@ def _sweep(args: argparse.Namespace) -> int:
 def _ablate(args: argparse.Namespace) -> int:
     from nin_search.ablation import check_arms
     from nin_search.config import parse_overrides
+    from nin_search.storage import storage_url
     from nin_search.study import load_ablation
-    from nin_search.sweep import run_sweep, storage_url
+    from nin_search.sweep import run_sweep
 
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers} is not allowed; expected >= 1")
@@ -222,7 +223,7 @@ def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from nin_search.report import load, report
-    from nin_search.sweep import storage_url
+    from nin_search.storage import storage_url
 
     report(load(args.study, storage_url(args.storage)), Path(args.out))
     return 0

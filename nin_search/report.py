@@ -23,7 +23,7 @@ import pandas as pd
 from nin_search import plots, stats
 from nin_search.ablation import cell_frame
 from nin_search.config import Config, ConfigError, apply, read_toml, to_toml
-from nin_search.sweep import open_storage
+from nin_search.storage import open_storage
 from nin_search.tracking import mask, setup_tracking
 
 ROOT = Path("reports")
@@ -35,7 +35,7 @@ def load(name_or_file: str, url: str) -> optuna.Study:
     if name_or_file.endswith(".toml") or Path(name_or_file).is_file():
         name = read_toml(name_or_file).get("name")
         if not isinstance(name, str):
-            raise ConfigError(f"{name_or_file}: no name = \"...\" to find the study by")
+            raise ConfigError(f'{name_or_file}: no name = "..." to find the study by')
     storage = open_storage(url)
     try:
         return optuna.load_study(study_name=name, storage=storage)
@@ -48,12 +48,8 @@ def load(name_or_file: str, url: str) -> optuna.Study:
 
 
 def _spec(ostudy: optuna.Study) -> dict:
-    spec = ostudy.user_attrs.get("nin_spec")
-    if spec is None:
-        raise ConfigError(
-            f"study {ostudy.study_name!r} was not made by nin-search (no nin_spec attribute)"
-        )
-    return spec
+    # a study from before nin_spec was recorded (or from elsewhere): plots and trials only
+    return ostudy.user_attrs.get("nin_spec") or {"kind": "sweep", "objective": "value"}
 
 
 def _fmt(table: pd.DataFrame) -> pd.DataFrame:
@@ -84,9 +80,18 @@ def ablation_markdown(name: str, spec: dict, table: pd.DataFrame) -> str:
     ]
     if "test_mean" in table:
         lines.append("- test_*: accuracy on the test set (--final-eval), never used for tuning")
-    return "\n".join(lines + ["", _fmt(table).to_markdown(
-        index=False, disable_numparse=True, colalign=["left"] + ["right"] * (table.shape[1] - 1)
-    ), ""])
+    return "\n".join(
+        lines
+        + [
+            "",
+            _fmt(table).to_markdown(
+                index=False,
+                disable_numparse=True,
+                colalign=["left"] + ["right"] * (table.shape[1] - 1),
+            ),
+            "",
+        ]
+    )
 
 
 def _page(title: str, blocks: list[str]) -> str:
@@ -166,10 +171,14 @@ def sweep_report(ostudy: optuna.Study, out: Path) -> tuple[str, dict]:
         best = ostudy.best_trial
     except ValueError:
         best = None
-    if best is not None:
+    if best is not None and "base" not in spec:
+        notes.insert(0, "no best_config.toml: the study holds no settings; run `sweep` on it once")
+    elif best is not None:
         (out / "best_config.toml").write_text(_best_config(spec, best))
         shown = ", ".join(f"{k}={v}" for k, v in best.params.items())
-        notes.insert(0, f"best {spec['objective']} {best.value:.4f} (trial {best.number}: {shown})")
+        notes.insert(
+            0, f"best {spec['objective']} {best.value:.4f} (trial {best.number}: {shown})"
+        )
     else:
         notes.insert(0, "no complete trial yet: no best configuration")
     _write(out, figures, {}, f"Sweep {ostudy.study_name}", notes)

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +29,12 @@ from nin_search.accounting import summarize
 from nin_search.config import ConfigError, flatten
 from nin_search.data import Data, load_data
 from nin_search.model import check_input_size
+from nin_search.storage import first_use_lock, open_storage
 from nin_search.study import OBJECTIVES, Param, Study, grid, with_params
 from nin_search.tracking import experiment_id, mask, run_tags, setup_tracking, ui_command
 from nin_search.train import evaluate, fit, resolve_device
 
-DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-# seconds between heartbeats of a running trial; a trial silent for 3x that is failed and retried
-HEARTBEAT_S = int(os.environ.get("NIN_SEARCH_HEARTBEAT_S", "20"))
 MLFLOW_STATUS = {
     "complete": "FINISHED",
     "pruned": "FINISHED",
@@ -53,49 +50,6 @@ _training = threading.Event()  # inside fit's compute, where a KeyboardInterrupt
 
 class TrialRejected(Exception):
     """A sampled config the network cannot take: the trial fails with the reason, untrained."""
-
-
-def storage_url(arg: str | None) -> str:
-    return arg or os.environ.get("NIN_SEARCH_STORAGE") or DEFAULT_STORAGE
-
-
-def _end_stale_run(study: optuna.Study, trial: FrozenTrial) -> None:
-    """A trial whose worker died: retry it once, and end its MLflow run FAILED."""
-    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(study, trial)
-    run_id = trial.user_attrs.get("mlflow_run_id")
-    if run_id:
-        client = mlflow.MlflowClient()
-        client.set_tag(run_id, "nin.state", "failed")
-        client.set_tag(run_id, "nin.reason", "worker lost: no heartbeat; retried once")
-        client.set_terminated(run_id, "FAILED")
-
-
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An RDB storage with heartbeats (SQLite, PostgreSQL, MySQL) or a journal file."""
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # we print one line per trial, no traces
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    try:
-        if url.startswith("journal:") or url.endswith((".log", ".journal", ".jsonl")):
-            path = url.removeprefix("journal:")
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
-        if url == DEFAULT_STORAGE:
-            Path("mlruns").mkdir(exist_ok=True)
-        engine = (
-            {"connect_args": {"timeout": 60}}
-            if url.startswith("sqlite")
-            else {"pool_pre_ping": True}
-        )
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine,
-            heartbeat_interval=HEARTBEAT_S,
-            grace_period=3 * HEARTBEAT_S,
-            heartbeat_stale_trial_callback=_end_stale_run,
-        )
-    except Exception as e:  # sqlalchemy, driver and OS errors alike: the store is unusable
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"--storage {mask(url)} cannot be opened: {first[:300]}") from None
 
 
 def _args(spec: dict) -> dict:
@@ -206,33 +160,10 @@ def parent_run(ostudy: optuna.Study, study: Study, exp_id: str) -> str:
     return winner
 
 
-@contextlib.contextmanager
-def _first_use_lock():
-    """Other sweeps started in this directory wait while this one opens (or creates) the stores.
-
-    Two commands started together on fresh default stores would both create them: SQLite says
-    'table studies already exists' and MLflow's migrations fail half-way. The lock is taken on
-    the directory itself, so it writes nothing.
-    """
-    try:
-        import fcntl
-
-        fd = os.open(".", os.O_RDONLY)
-    except (ImportError, OSError):  # no flock (Windows) or an unreadable directory: no lock
-        fd = None
-    try:
-        if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        if fd is not None:
-            os.close(fd)  # releases the lock
-
-
 def _open(study: Study, url: str, worker: bool = False) -> tuple[optuna.Study, str, str]:
     """The Optuna study, the MLflow experiment id and the parent run id; the study first, so a
     storage that cannot be used leaves no MLflow store behind."""
-    with _first_use_lock():
+    with first_use_lock():
         ostudy = open_study(study, url)
         if worker:
             # the k-th worker on the study samples with seed + k: with one seed for all, parallel
@@ -540,7 +471,9 @@ def run_sweep(
         )
     if done >= target:
         if not worker:
-            print(f"the study already holds {done} finished {unit} (target {target}): nothing to do")
+            print(
+                f"the study already holds {done} finished {unit} (target {target}): nothing to do"
+            )
         return 0
     lr_range = None
     if any(p.kind == "lr_finder" for p in study.params.values()):

@@ -108,8 +108,10 @@ def run_tags(cfg: Config, device: str) -> dict[str, str]:
 
 def ui_command(uri: str) -> str:
     """The command that opens the MLflow UI on this store, bound to 127.0.0.1."""
-    return "python -m nin_search ui" if uri == DEFAULT_URI else (
-        f"mlflow server --backend-store-uri {mask(uri)} --host 127.0.0.1 --port 5000"
+    return (
+        "python -m nin_search ui"
+        if uri == DEFAULT_URI
+        else (f"mlflow server --backend-store-uri {mask(uri)} --host 127.0.0.1 --port 5000")
     )
 
 

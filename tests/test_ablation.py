@@ -160,8 +160,13 @@ def test_ablation_runs_are_comparable_in_mlflow(abl):
     kids = df[df["tags.nin.role"] != "study"]
     assert len(parent) == 1 and len(kids) == 4
     assert set(kids["tags.mlflow.parentRunId"]) == {parent["run_id"].iloc[0]}
-    assert sorted(kids["tags.mlflow.runName"]) == ["fc seed 0", "fc seed 1", "gap seed 0", "gap seed 1"]
-    assert sorted(zip(kids["tags.nin.arm"], kids["tags.nin.seed"])) == [
+    assert sorted(kids["tags.mlflow.runName"]) == [
+        "fc seed 0",
+        "fc seed 1",
+        "gap seed 0",
+        "gap seed 1",
+    ]
+    assert sorted(zip(kids["tags.nin.arm"], kids["tags.nin.seed"], strict=True)) == [
         ("fc", "0"), ("fc", "1"), ("gap", "0"), ("gap", "1")
     ]  # fmt: skip
     assert set(kids["tags.nin.study"]) == {"abl"}
