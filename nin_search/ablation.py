@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nin_search.config import ConfigError
 from nin_search.model import check_input_size
+from nin_search.storage import directory_lock
 from nin_search.study import Study, with_params
 
 TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -26,8 +27,10 @@ TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.
 
 def _cell(t: FrozenTrial) -> tuple[str, int] | None:
     """The (arm, seed) a trial holds: its params, or what was assigned or enqueued for it."""
-    for where in (t.system_attrs.get("nin_cell"), t.system_attrs.get("fixed_params"), t.params):
-        if where and "arm" in where and "train.seed" in where:  # params fill in one by one
+    # params first: a heartbeat retry copies its dead trial's params (and attrs), and params
+    # fill in one by one, so a trial still being set up is known by what it was handed
+    for where in (t.params, t.system_attrs.get("nin_cell"), t.system_attrs.get("fixed_params")):
+        if where and "arm" in where and "train.seed" in where:
             return where["arm"], where["train.seed"]
     return None
 
@@ -62,18 +65,36 @@ class CellSampler(optuna.samplers.BaseSampler):
         return {}
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if "fixed_params" in trial.system_attrs:  # a heartbeat retry: its cell is set
+        if _cell(trial) is not None:  # a heartbeat retry or an enqueued cell: already set
             return
-        pool = free_cells(study, self.cells, exclude=trial.number) or self.cells
-        cell = pool[self.offset % len(pool)]
-        study._storage.set_trial_system_attr(trial._trial_id, "nin_cell", cell)
+        with directory_lock():  # workers in this directory pick one at a time
+            pool = free_cells(study, self.cells, exclude=trial.number)
+            # none free: every cell is finished or running elsewhere; the objective then fails
+            # this trial untrained instead of running a cell twice
+            cell = pool[self.offset % len(pool)] if pool else None
+            study._storage.set_trial_system_attr(trial._trial_id, "nin_cell", cell)
+        if cell is None:
+            _stop(study)
 
     def sample_independent(self, study, trial: FrozenTrial, param_name: str, distribution):
         return trial.system_attrs["nin_cell"][param_name]
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state, values) -> None:
         if not free_cells(study, self.cells):  # this trial still counts as running here
-            study.stop()  # the rest is finished or running elsewhere
+            _stop(study)  # the rest is finished or running elsewhere
+
+
+def _stop(study: optuna.Study) -> None:
+    try:
+        study.stop()
+    except RuntimeError:  # outside optimize (ask and tell): nothing to stop
+        pass
+
+
+def has_cell(trial: optuna.Trial) -> bool:
+    """False for a trial CellSampler found no free cell for."""
+    attrs = trial.study._storage.get_trial_system_attrs(trial._trial_id)
+    return attrs.get("nin_cell", {}) is not None
 
 
 def check_arms(study: Study) -> None:
@@ -123,4 +144,4 @@ def cell_frame(spec: dict, ostudy: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-__all__ = ["CellSampler", "free_cells", "check_arms", "cell_frame"]
+__all__ = ["CellSampler", "free_cells", "has_cell", "check_arms", "cell_frame"]

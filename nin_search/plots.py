@@ -127,7 +127,8 @@ def arm_curves(cells, title: str = "") -> go.Figure:
 
     fig = go.Figure()
     for i, (arm, group) in enumerate(cells.groupby("arm", sort=False)):
-        curves = [c for c in group["val_acc"] if isinstance(c, list) and c]
+        done = group[group["state"] == "complete"]  # as in the table: diverged runs left out
+        curves = [c for c in done["val_acc"] if isinstance(c, list) and c]
         if not curves:
             continue
         n = max(map(len, curves))

@@ -13,7 +13,6 @@ configuration as best_config.toml, ready for `train --config`. index.html shows 
 from __future__ import annotations
 
 import html
-import math
 from pathlib import Path
 
 import mlflow
@@ -60,10 +59,7 @@ def _fmt(table: pd.DataFrame) -> pd.DataFrame:
             continue
         digits = {"p_value": ".3g", "img_per_s": ",.0f", "params": ",", "macs": ","}
         fmt = digits.get(col, ".2f" if col in ("epoch_time_s", "peak_mem_mib") else ".4f")
-        out[col] = [
-            "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
-            for v in table[col]
-        ]
+        out[col] = ["" if v is None or pd.isna(v) else format(v, fmt) for v in table[col]]
     return out
 
 

@@ -87,8 +87,8 @@ def compare(cells: pd.DataFrame, baseline: str) -> pd.DataFrame:
         row["missing"] = int((everyone["state"] == "missing").sum())
         rows.append(row)
     table = pd.DataFrame(rows)
-    extra = [c for c in table.columns if c not in COLUMNS]
-    table = table[COLUMNS + extra]
+    tests = [c for c in ("test_mean", "test_sd", "test_ci_low", "test_ci_high") if c in table]
+    table = table[COLUMNS + ["missing"] + tests]
     if table["peak_mem_mib"].isna().all():  # CPU runs have no peak
         table = table.drop(columns="peak_mem_mib")
     for key in ("params", "macs"):

@@ -71,12 +71,13 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
 
 @contextlib.contextmanager
-def first_use_lock():
-    """Other sweeps started in this directory wait while this one opens (or creates) the stores.
+def directory_lock():
+    """Other sweeps started in this directory wait while this one holds the lock.
 
-    Two commands started together on fresh default stores would both create them: SQLite says
-    'table studies already exists' and MLflow's migrations fail half-way. The lock is taken on
-    the directory itself, so it writes nothing.
+    Held while the stores are opened (two commands started together on fresh default stores
+    would both create them: SQLite says 'table studies already exists' and MLflow's migrations
+    fail half-way) and while an ablation worker picks its next cell. The lock is taken on the
+    directory itself, so it writes nothing.
     """
     try:
         import fcntl
@@ -93,4 +94,4 @@ def first_use_lock():
             os.close(fd)  # releases the lock
 
 
-__all__ = ["DEFAULT_STORAGE", "HEARTBEAT_S", "storage_url", "open_storage", "first_use_lock"]
+__all__ = ["DEFAULT_STORAGE", "HEARTBEAT_S", "storage_url", "open_storage", "directory_lock"]

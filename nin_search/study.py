@@ -308,7 +308,8 @@ def load_ablation(
         len(arms) * len(seeds),
         flatten_toml(tables, path) | (overrides or {}),
         {
-            "arm": Param("arm", "categorical", choices=list(arms)),
+            # sorted: Optuna refuses a categorical whose choices change, order included
+            "arm": Param("arm", "categorical", choices=sorted(arms)),
             # an int range, not choices: Optuna lets a range grow when --seeds adds seeds
             "train.seed": Param("train.seed", "int", 0, max(seeds)),
         },

@@ -23,13 +23,14 @@ from typing import Any
 
 import mlflow
 import optuna
+import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from nin_search.accounting import summarize
 from nin_search.config import ConfigError, flatten
 from nin_search.data import Data, load_data
 from nin_search.model import check_input_size
-from nin_search.storage import first_use_lock, open_storage
+from nin_search.storage import directory_lock, open_storage
 from nin_search.study import OBJECTIVES, Param, Study, grid, with_params
 from nin_search.tracking import experiment_id, mask, run_tags, setup_tracking, ui_command
 from nin_search.train import evaluate, fit, resolve_device
@@ -163,7 +164,7 @@ def parent_run(ostudy: optuna.Study, study: Study, exp_id: str) -> str:
 def _open(study: Study, url: str, worker: bool = False) -> tuple[optuna.Study, str, str]:
     """The Optuna study, the MLflow experiment id and the parent run id; the study first, so a
     storage that cannot be used leaves no MLflow store behind."""
-    with first_use_lock():
+    with directory_lock():
         ostudy = open_study(study, url)
         if worker:
             # the k-th worker on the study samples with seed + k: with one seed for all, parallel
@@ -234,6 +235,13 @@ def make_objective(
     metric, _, reduce = OBJECTIVES[study.objective]
 
     def objective(trial: optuna.Trial) -> float:
+        if study.arms:
+            from nin_search.ablation import has_cell
+
+            if not has_cell(trial):
+                reason = "no free cell: the others are finished or running elsewhere"
+                trial.set_user_attr("fail_reason", reason)
+                raise TrialRejected(reason)
         values = {name: _sample(trial, p, lr_range) for name, p in study.params.items()}
         tags = {
             "mlflow.parentRunId": parent,
@@ -288,6 +296,11 @@ def make_objective(
                 _check_ctrl_c()  # pressed while the trial was being set up
                 data = cache.get(cfg, with_test=study.final_eval)
                 result = fit(cfg, data, on_epoch)
+            except torch.cuda.OutOfMemoryError as e:  # this config does not fit: fail it, go on
+                reason = f"out of memory: {str(e).splitlines()[0][:300]}"
+                trial.set_user_attr("fail_reason", reason)
+                mlflow.set_tag("nin.reason", reason)
+                raise TrialRejected(reason) from None
             finally:
                 _training.clear()
             _record(trial, result.history)
@@ -364,6 +377,10 @@ def _same_ablation(study: Study, before: dict | None) -> None:
         for k, v in now["base"].items()
         if k != "train.seed" and before["base"].get(k) != v
     ]
+    if before.get("objective") != now["objective"]:
+        changed.insert(0, f"objective: {before.get('objective')!r} -> {now['objective']!r}")
+    if now["final_eval"] and not before.get("final_eval") and before["seeds"]:
+        changed.insert(0, "--final-eval: its first cells ran without a test evaluation")
     if before["arms"] != now["arms"]:
         changed.insert(0, f"arms: {before['arms']} -> {now['arms']}")
     if changed:
@@ -421,6 +438,11 @@ def run_worker(
     ostudy, exp_id, parent = _open(study, url, worker=True)
     if finished(study, ostudy) >= target:
         return 0
+    if study.arms:
+        from nin_search.ablation import free_cells
+
+        if not free_cells(ostudy, study.cells()):  # the rest is running in other workers
+            return 0
     objective = make_objective(study, exp_id, parent, lr_range, _DataCache(), extra_tags)
 
     def enough(s: optuna.Study, _t: FrozenTrial) -> None:
@@ -461,9 +483,15 @@ def run_sweep(
     before = _counts(ostudy)
     done = finished(study, ostudy)
     best_before = _best(ostudy)
+    before_spec = ostudy.user_attrs.get("nin_spec")
+    if study.arms and before_spec and before_spec.get("final_eval"):
+        study.final_eval = True  # started with --final-eval: every later cell is tested too
     if not worker:
-        _same_ablation(study, ostudy.user_attrs.get("nin_spec"))
-        ostudy.set_user_attr("nin_spec", spec(study))
+        _same_ablation(study, before_spec)
+        now_spec = spec(study)
+        if before_spec and study.arms:  # the report covers every seed ever asked for
+            now_spec["seeds"] = list(dict.fromkeys(before_spec["seeds"] + study.seeds))
+        ostudy.set_user_attr("nin_spec", now_spec)
         unit = "cells" if study.arms else "trials"
         print(
             f"study {study.name!r} at {mask(url)}: {done} of {target} {unit} finished; "
@@ -511,12 +539,14 @@ def _spawn(workers: int, argv_tail: list[str]) -> int:
         if gpus > 1:
             env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
         cmd = [sys.executable, "-m", "nin_search", *argv_tail, "--workers", "1", "--worker"]
-        procs.append(subprocess.Popen(cmd, env=env))
+        # a session of their own: the terminal's Ctrl-C reaches them once, forwarded below
+        procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
     try:
         codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:  # the workers got the same SIGINT; let them end their trials
+    except KeyboardInterrupt:  # pass it on; each worker ends its running trial KILLED
         for p in procs:
-            p.send_signal(signal.SIGINT)
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
         for p in procs:
             p.wait()
         raise

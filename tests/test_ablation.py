@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +19,16 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 from scipy import stats as sps
-from test_sweep import TINY, _env, runs, sqlite_url, sweep_ok, trials, write_study
+from test_sweep import (
+    TINY,
+    _env,
+    runs,
+    sqlite_url,
+    sweep_ok,
+    trials,
+    wait_for_running_trial,
+    write_study,
+)
 
 from nin_search import cli, stats
 from nin_search.config import load_config
@@ -183,8 +193,10 @@ def test_ablation_runs_are_comparable_in_mlflow(abl):
 def test_ablation_summary_matches_the_trials(abl):
     out = abl.folder / "reports" / "abl"
     table = pd.read_csv(out / "summary.csv").set_index("arm")
-    for col in stats.COLUMNS:
-        assert col in table.reset_index().columns or col == "peak_mem_mib"
+    # the columns in order (no peak memory on CPU), then the extras
+    expected = [c for c in stats.COLUMNS if c != "peak_mem_mib"] + ["missing"]
+    expected += ["test_mean", "test_sd", "test_ci_low", "test_ci_high"]
+    assert list(table.reset_index().columns) == expected
     ts = trials(abl.folder, "abl")
     values = {(t.params["arm"], t.params["train.seed"]): t.value for t in ts}
     for arm in ("gap", "fc"):
@@ -247,8 +259,8 @@ def test_ablation_with_two_workers_finishes_every_cell(tmp_path, data):
     (tmp_path / "abl.toml").write_text(ablation_text("two", data))
     res = nin_ok("ablate", "abl.toml", "--workers", "2", cwd=tmp_path)
     done = [t for t in trials(tmp_path, "two") if t.state == TrialState.COMPLETE]
-    cells = {(t.params["arm"], t.params["train.seed"]) for t in done}
-    assert cells == {("gap", 0), ("gap", 1), ("fc", 0), ("fc", 1)}
+    cells = sorted((t.params["arm"], t.params["train.seed"]) for t in done)
+    assert cells == [("fc", 0), ("fc", 1), ("gap", 0), ("gap", 1)]  # each once: no duplicates
     assert not [t for t in trials(tmp_path, "two") if t.state == TrialState.FAIL]
     assert res.stdout.count("# Ablation two") == 1  # one report, by the command, not per worker
 
@@ -364,3 +376,45 @@ def test_shipped_ablation_files_load():
     assert names["ablate_mlp_depth.toml"][1] == ["depth-0", "depth-1", "depth-2", "depth-3"]
     assert names["ablate_mlp_kernel.toml"][1] == ["1x1", "3x3"]
     assert names["ablate_family.toml"][1] == ["d2l", "nin11", "nin16", "nin19"]
+
+
+def test_killed_ablation_worker_cell_is_retried_under_its_own_arm(tmp_path, data):
+    # long enough cells that the kill lands in one
+    text = ablation_text("kill", data, seeds="[0]").replace("epochs = 2", "epochs = 40")
+    (tmp_path / "abl.toml").write_text(text)
+    beat = {"NIN_SEARCH_HEARTBEAT_S": "1"}  # a silent trial is stale after 3 s
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nin_search", "ablate", "abl.toml"],
+        cwd=tmp_path,
+        env=_env(beat),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    killed = wait_for_running_trial(proc, tmp_path, "kill")
+    proc.kill()  # SIGKILL: the trial stays RUNNING until its heartbeat is found stale
+    proc.communicate()
+    time.sleep(3.5)
+    res = subprocess.run(
+        [sys.executable, "-m", "nin_search", "ablate", "abl.toml"],
+        cwd=tmp_path,
+        env=_env(beat),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    ts = {t.number: t for t in trials(tmp_path, "kill")}
+    dead = ts[killed]
+    (retry,) = [t for t in ts.values() if t.system_attrs.get("failed_trial") == killed]
+    assert dead.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    assert retry.params == dead.params  # the retry ran the dead trial's cell
+    done = sorted(
+        (t.params["arm"], t.params["train.seed"])
+        for t in ts.values()
+        if t.state == TrialState.COMPLETE
+    )
+    assert done == [("fc", 0), ("gap", 0)]  # every cell once, none twice
+    cells = pd.read_csv(tmp_path / "reports" / "kill" / "cells.csv")
+    row = cells[cells["trial"] == retry.number]
+    assert row["arm"].item() == retry.params["arm"]  # reported under its own arm

@@ -59,8 +59,8 @@ def test_mlflow_ui_lists_the_arm_runs(tmp_path: Path, data: Path):
 
     (tmp_path / "abl.toml").write_text(ablation_text("ui-ablation", data))
     nin_ok("ablate", "abl.toml", cwd=tmp_path)
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
-    exp_id = mlflow.get_experiment_by_name("ui-ablation").experiment_id
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    exp_id = client.get_experiment_by_name("ui-ablation").experiment_id
 
     port = free_port()
     server = subprocess.Popen(
