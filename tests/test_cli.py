@@ -271,7 +271,7 @@ def test_lr_finder_writes_json_html_and_an_mlflow_run(tiny: Path):
         assert [m.step for m in client.get_metric_history(run["run_id"], key)] == list(range(n))
     artifacts = {a.path for a in client.list_artifacts(run["run_id"])}
     assert {"lr_finder.json", "lr_finder.html"} <= artifacts
-    assert "out/lr_finder.html" in res.stdout and "mlflow server" in res.stdout
+    assert "out/lr_finder.html" in res.stdout and "python -m nin_search ui" in res.stdout
 
 
 def test_sweep_link_reuses_the_matching_finder_run(tmp_path: Path, monkeypatch, idx_writer):
