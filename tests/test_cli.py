@@ -313,3 +313,16 @@ def test_sweep_link_reuses_the_matching_finder_run(tmp_path: Path, monkeypatch, 
         lr_range_from_finder(
             load_config(overrides=sets + ["train.optimizer=sgd"]), run_if_missing=False
         )
+
+
+def test_ui_command_binds_loopback_and_masks_passwords():
+    from nin_search.tracking import DEFAULT_URI, ui_args, ui_command
+
+    url = "postgresql://nin:s3cret@db-host/mlflow"
+    args = ui_args(url)
+    # the server gets the real URL; what is shown to people has it masked
+    assert args[args.index("--backend-store-uri") + 1] == url
+    assert args[args.index("--host") + 1] == "127.0.0.1"
+    assert "s3cret" not in ui_command(url) and "nin:***@db-host" in ui_command(url)
+    assert ui_command(DEFAULT_URI) == "python -m nin_search ui"
+    assert "--default-artifact-root" in ui_args(DEFAULT_URI)
