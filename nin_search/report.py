@@ -128,11 +128,14 @@ def ablation_report(ostudy: optuna.Study, out: Path) -> tuple[pd.DataFrame, str,
         "accuracy_vs_macs": plots.accuracy_against(table, "macs", metric),
         "val_curves": plots.arm_curves(cells),
     }
-    notes = text.split("\n\n")[0].splitlines()[2:]
+    notes = [line[2:] for line in text.splitlines() if line.startswith("- ")]
     _write(
         out,
         figures,
-        {"summary": _fmt(table).to_html(index=False), "cells": cells.to_html(index=False)},
+        {
+            "summary": _fmt(table).to_html(index=False),
+            "cells": cells.drop(columns="val_acc").astype(object).fillna("").to_html(index=False),
+        },
         f"Ablation {ostudy.study_name}",
         notes,
     )
