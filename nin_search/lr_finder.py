@@ -30,7 +30,7 @@ from torch import nn
 from nin_search.config import Config, LRFinderConfig
 from nin_search.data import Data, batches
 from nin_search.model import build_model
-from nin_search.train import _autocast, make_optimizer, tqdm
+from nin_search.train import _autocast, make_optimizer, tqdm, train_step
 
 MIN_POINTS = 5  # fewer points left after trimming: the curve diverged at once
 MIN_DROP = 0.02  # a curve whose loss never falls 2% below its start "never falls"
@@ -129,12 +129,7 @@ def range_test(
                 group["lr"] = lr
             model.train()
             xb, yb = next(stream)
-            with _autocast(device):
-                out = model(xb)
-            loss = criterion(out.float(), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            _, loss = train_step(model, opt, criterion, xb, yb, device)
             if val is not None:
                 model.eval()
                 with torch.no_grad(), _autocast(device):

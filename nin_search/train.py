@@ -114,6 +114,18 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def train_step(model, opt, criterion, xb, yb, device: torch.device):
+    """One optimizer step on a batch: forward (bf16 autocast on CUDA), loss in fp32, backward,
+    step. Returns the logits and the loss, both still on the device (no host sync)."""
+    with _autocast(device):
+        logits = model(xb)
+    loss = criterion(logits.float(), yb)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return logits, loss
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -168,12 +180,7 @@ def fit(
                 channels_last=cuda,
             )
         ):
-            with _autocast(device):
-                logits = step_model(xb)
-            loss = criterion(logits.float(), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            logits, loss = train_step(step_model, opt, criterion, xb, yb, device)
             sched.step()
             losses[i] = loss.detach()
             correct += (logits.argmax(1) == yb).sum()
