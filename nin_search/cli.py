@@ -22,31 +22,23 @@ STORAGE_HELP = (
 )
 
 
+def _set_option(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument(
+        "--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides", help=help
+    )
+
+
 def _study_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
-    p.add_argument(
-        "--set",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        dest="overrides",
-        help="override the study's shared settings by dotted name",
-    )
+    _set_option(p, "override the study's shared settings by dotted name")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # started by --workers
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
 
 
 def _common(p: argparse.ArgumentParser, profile_default: str | None) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML file with [model], [data], [train]")
-    p.add_argument(
-        "--set",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        dest="overrides",
-        help="override one value by its dotted name, e.g. train.lr=0.1 (repeatable)",
-    )
+    _set_option(p, "override one value by its dotted name, e.g. train.lr=0.1 (repeatable)")
     p.add_argument(
         "--profile",
         choices=("auto", "d2l", "quick"),

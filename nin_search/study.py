@@ -166,32 +166,38 @@ def _component(path: str, doc: dict, table: str, types: tuple, default: str) -> 
     return spec
 
 
-def load_study(path: str, overrides: dict[str, Any] | None = None) -> Study:
-    """The study file at path, validated; overrides are --set values over its tables."""
-    doc = read_toml(path)
-    unknown = set(doc) - TOP_KEYS - set(SECTIONS)
+def _header(path: str, doc: dict, keys: set[str], objective: str) -> tuple[str, str | None, str]:
+    """name, profile and objective of a study or ablation file, after its keys are checked."""
+    unknown = set(doc) - keys - set(SECTIONS)
     if unknown:
         raise ConfigError(
             f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: "
-            f"{', '.join(sorted(TOP_KEYS))} and tables {', '.join(SECTIONS)}"
+            f"{', '.join(sorted(keys))} and tables {', '.join(SECTIONS)}"
         )
     name = _typed(path, doc, "name", str, "a non-empty string")
     if not name.strip():
         raise ConfigError(f"{path}: name must not be empty")
-    n_trials = _typed(path, doc, "n_trials", int, "an integer >= 1")
-    if n_trials < 1:
-        raise ConfigError(f"{path}: n_trials = {n_trials} is not allowed; expected >= 1")
     profile = doc.get("profile")
     if profile is not None and profile not in PROFILES:
         raise ConfigError(
             f"{path}: profile = {profile!r} is not allowed; expected one of {', '.join(PROFILES)}"
         )
-    objective = doc.get("objective", "best_val_acc")
+    objective = doc.get("objective", objective)
     if objective not in OBJECTIVES:
         raise ConfigError(
             f"{path}: objective = {objective!r} is not allowed; expected one of "
             f"{', '.join(OBJECTIVES)}"
         )
+    return name, profile, objective
+
+
+def load_study(path: str, overrides: dict[str, Any] | None = None) -> Study:
+    """The study file at path, validated; overrides are --set values over its tables."""
+    doc = read_toml(path)
+    name, profile, objective = _header(path, doc, TOP_KEYS, "best_val_acc")
+    n_trials = _typed(path, doc, "n_trials", int, "an integer >= 1")
+    if n_trials < 1:
+        raise ConfigError(f"{path}: n_trials = {n_trials} is not allowed; expected >= 1")
     tables = {k: v for k, v in doc.items() if k in SECTIONS}
     base = flatten_toml(tables, path) | (overrides or {})
     raw = doc.get("params", {})
@@ -244,15 +250,7 @@ def load_ablation(
     n_seeds (--seeds N) keeps the file's first N seeds, or adds the next unused integers.
     """
     doc = read_toml(path)
-    unknown = set(doc) - ABLATION_KEYS - set(SECTIONS)
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: "
-            f"{', '.join(sorted(ABLATION_KEYS))} and tables {', '.join(SECTIONS)}"
-        )
-    name = _typed(path, doc, "name", str, "a non-empty string")
-    if not name.strip():
-        raise ConfigError(f"{path}: name must not be empty")
+    name, profile, objective = _header(path, doc, ABLATION_KEYS, "final_val_acc")
     seeds = doc.get("seeds", [0, 1, 2])
     if (
         not isinstance(seeds, list)
@@ -268,17 +266,6 @@ def load_ablation(
             raise ConfigError(f"--seeds {n_seeds} is not allowed; expected >= 1")
         extra = [x for x in range(max(seeds) + 1 + n_seeds) if x not in seeds]
         seeds = (seeds + extra)[:n_seeds]
-    profile = doc.get("profile")
-    if profile is not None and profile not in PROFILES:
-        raise ConfigError(
-            f"{path}: profile = {profile!r} is not allowed; expected one of {', '.join(PROFILES)}"
-        )
-    objective = doc.get("objective", "final_val_acc")
-    if objective not in OBJECTIVES:
-        raise ConfigError(
-            f"{path}: objective = {objective!r} is not allowed; expected one of "
-            f"{', '.join(OBJECTIVES)}"
-        )
     raw = doc.get("arms", {})
     if not isinstance(raw, dict) or len(raw) < 2:
         raise ConfigError(

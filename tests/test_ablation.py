@@ -25,6 +25,7 @@ from test_sweep import (
     runs,
     sqlite_url,
     sweep_ok,
+    tables,
     trials,
     wait_for_running_trial,
     write_study,
@@ -113,14 +114,7 @@ def test_compare_pairs_by_seed_and_counts_diverged():
 
 def ablation_text(name: str, data: Path, seeds="[0, 1]", arms=None, top="") -> str:
     values = TINY | {"data.data_dir": str(data), "train.lr": 0.003}
-    lines = [f"name = {json.dumps(name)}", f"seeds = {seeds}", top]
-    for section in ("model", "data", "train"):
-        lines.append(f"[{section}]")
-        lines += [
-            f"{k.split('.', 1)[1]} = {json.dumps(v)}"
-            for k, v in values.items()
-            if k.startswith(section + ".")
-        ]
+    lines = [f"name = {json.dumps(name)}", f"seeds = {seeds}", top] + tables(values)
     arms = {"gap": {"model.head": "gap"}, "fc": {"model.head": "fc"}} if arms is None else arms
     for arm, overrides in arms.items():
         lines.append(f"[arms.{arm}]")

@@ -39,6 +39,19 @@ TINY = {
 LR = {"train.lr": "{ low = 1e-3, high = 1e-2, log = true }"}
 
 
+def tables(values: dict) -> list[str]:
+    """Dotted values as [model], [data] and [train] TOML tables."""
+    lines = []
+    for section in ("model", "data", "train"):
+        lines.append(f"[{section}]")
+        lines += [
+            f"{key.split('.', 1)[1]} = {json.dumps(value)}"
+            for key, value in values.items()
+            if key.startswith(section + ".")
+        ]
+    return lines
+
+
 def study_text(
     name: str,
     data: Path,
@@ -51,14 +64,7 @@ def study_text(
 ) -> str:
     """A study file: TINY (and settings) as tables, params as inline TOML tables."""
     values = TINY | {"data.data_dir": str(data)} | (settings or {})
-    lines = [f"name = {json.dumps(name)}", f"n_trials = {n_trials}", top]
-    for section in ("model", "data", "train"):
-        lines.append(f"[{section}]")
-        lines += [
-            f"{key.split('.', 1)[1]} = {json.dumps(value)}"
-            for key, value in values.items()
-            if key.startswith(section + ".")
-        ]
+    lines = [f"name = {json.dumps(name)}", f"n_trials = {n_trials}", top] + tables(values)
     lines.append("[params]")
     lines += [f'"{key}" = {spec}' for key, spec in (LR if params is None else params).items()]
     lines += ["[sampler]", sampler, "[pruner]", pruner]
