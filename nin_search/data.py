@@ -212,12 +212,13 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return padded[torch.arange(b, device=x.device)[:, None, None], rows, cols]
 
 
-def to_input(x: torch.Tensor, size: int, channels_last: bool = False) -> torch.Tensor:
-    """uint8 (B, H, W) -> float (B, 1, size, size) in [0, 1], like ToTensor after Resize."""
+def to_input(x: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (B, H, W) -> float (B, 1, size, size) in [0, 1], like ToTensor after Resize, in
+    channels_last strides: the engine's models are channels_last on every device."""
     x = x.unsqueeze(1).float().div_(255)
     if size and size != x.shape[-1]:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def batches(
@@ -227,7 +228,6 @@ def batches(
     cfg: DataConfig,
     gen: torch.Generator | None = None,
     train: bool = False,
-    channels_last: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(inputs, labels) batches: shuffled and augmented when train, in order otherwise."""
     order = (
@@ -239,4 +239,4 @@ def batches(
         xb = x[idx]
         if train and cfg.augment:
             xb = augment(xb, gen)
-        yield to_input(xb, cfg.resize, channels_last), y[idx]
+        yield to_input(xb, cfg.resize), y[idx]

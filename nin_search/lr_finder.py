@@ -217,7 +217,7 @@ def suggest(curve: Curve, num_iter: int) -> Finding:
     )
 
 
-def _stream(data: Data, cfg: Config, gen: torch.Generator, channels_last: bool) -> Iterator:
+def _stream(data: Data, cfg: Config, gen: torch.Generator) -> Iterator:
     while True:  # as many passes over the training split as the sweep needs
         yield from batches(
             data.train_x,
@@ -226,7 +226,6 @@ def _stream(data: Data, cfg: Config, gen: torch.Generator, channels_last: bool) 
             data.cfg,
             gen,
             train=True,
-            channels_last=channels_last,
         )
 
 
@@ -235,17 +234,15 @@ def find_lr(cfg: Config, data: Data, progress: bool = False) -> Finding:
     device = data.train_x.device
     torch.manual_seed(cfg.train.seed)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, data.input_size, 1, data.num_classes).to(device)
-    cuda = device.type == "cuda"
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(cfg.model, data.input_size, 1, data.num_classes)
+    model = model.to(device, memory_format=torch.channels_last)  # as fit() trains it
     opt = make_optimizer(cfg.train, model.parameters())
     crit = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
     val = None
     if cfg.lr_finder.use_val:
         n = min(cfg.lr_finder.val_images, len(data.val_x))
-        val = next(batches(data.val_x[:n], data.val_y[:n], n, data.cfg, channels_last=cuda))
+        val = next(batches(data.val_x[:n], data.val_y[:n], n, data.cfg))
     curve = range_test(
-        model, opt, _stream(data, cfg, gen, cuda), cfg.lr_finder, crit, val, gen, progress
+        model, opt, _stream(data, cfg, gen), cfg.lr_finder, crit, val, gen, progress
     )
     return suggest(curve, cfg.lr_finder.num_iter)

@@ -83,9 +83,7 @@ def train_run(
             mlflow.set_tags({"nin.diverged_epoch": epoch, "nin.diverged_step": step})
             print(f"diverged: {result.reason}")
         elif final_eval:
-            loss, acc = evaluate(
-                result.model, data.test_x, data.test_y, data, channels_last=device.type == "cuda"
-            )
+            loss, acc = evaluate(result.model, data.test_x, data.test_y, data)
             mlflow.log_metrics({"test_loss": loss, "test_acc": acc})
             print(
                 f"final evaluation on the test set (never used for tuning): "

@@ -323,10 +323,7 @@ def make_objective(
             value = reduce([h[metric] for h in result.history])
             mlflow.log_metric(f"objective_{study.objective}", value)
             if study.final_eval:  # reported, never used for tuning or pruning
-                device = next(result.model.parameters()).device
-                loss, acc = evaluate(
-                    result.model, data.test_x, data.test_y, data, device.type == "cuda"
-                )
+                loss, acc = evaluate(result.model, data.test_x, data.test_y, data)
                 mlflow.log_metrics({"test_loss": loss, "test_acc": acc})
                 trial.set_user_attr("test_acc", acc)
             return value

@@ -93,15 +93,13 @@ def make_schedule(t: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: i
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: Data, channels_last: bool = False
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: Data
 ) -> tuple[float, float]:
     """(mean loss, accuracy) over (x, y); one host sync at the end."""
     model.eval()
     loss = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
-    for xb, yb in batches(
-        x, y, EVAL_BATCH.get(x.device.type, 1024), data.cfg, channels_last=channels_last
-    ):
+    for xb, yb in batches(x, y, EVAL_BATCH.get(x.device.type, 1024), data.cfg):
         with _autocast(x.device):
             logits = model(xb).float()
         loss += nn.functional.cross_entropy(logits, yb, reduction="sum")
@@ -143,10 +141,12 @@ def fit(
     cuda = device.type == "cuda"
     torch.manual_seed(t.seed)  # weight init and dropout
     gen = torch.Generator(device=device).manual_seed(t.seed)  # batch order and augmentation
-    model = build_model(cfg.model, data.input_size, 1, data.num_classes).to(device)
+    # channels_last on both devices: cuDNN's and oneDNN's fastest convolutions for this network
+    # (on the 2-core CPU 1.2-1.7x less time per fp32 step than NCHW; benchmarks/RESULTS.md)
+    model = build_model(cfg.model, data.input_size, 1, data.num_classes)
+    model = model.to(device, memory_format=torch.channels_last)
     if cuda:
         torch.backends.cudnn.benchmark = True
-        model = model.to(memory_format=torch.channels_last)
     step_model = torch.compile(model) if (t.compile and cuda) else model
     opt = make_optimizer(t, model.parameters())
     steps = math.ceil(len(data.train_x) / t.batch_size)
@@ -177,7 +177,6 @@ def fit(
                 data.cfg,
                 gen,
                 train=True,
-                channels_last=cuda,
             )
         ):
             logits, loss = train_step(step_model, opt, criterion, xb, yb, device)
@@ -203,7 +202,14 @@ def fit(
             break
         _sync(device)
         train_time = time.perf_counter() - start
-        val_loss, val_acc = evaluate(step_model, data.val_x, data.val_y, data, channels_last=cuda)
+        val_loss, val_acc = evaluate(step_model, data.val_x, data.val_y, data)
+        if not math.isfinite(val_loss):  # the epoch's last update overflowed the weights
+            result.status, result.diverged_at = "diverged", (epoch, steps)
+            result.reason = (
+                f"loss became non-finite at epoch {epoch}, step {steps} (the validation loss "
+                f"after its update; lr {opt.param_groups[0]['lr']:.3g}); lower train.lr"
+            )
+            break
         metrics = {
             "epoch": epoch,
             "train_loss": losses.mean().item(),

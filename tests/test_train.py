@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import squares
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from nin_search.config import TrainConfig, load_config
 from nin_search.data import split_data, to_input
@@ -141,6 +142,26 @@ def test_divergence_after_good_epochs_keeps_their_history():
     assert [h["epoch"] for h in result.history] == list(range(1, epoch))
     # and the reason names the epoch it happened in
     assert f"epoch {epoch}," in result.reason
+
+
+def test_weights_overflowing_in_an_epochs_last_update_diverge_at_that_step():
+    # every training loss of epoch 1 is finite, but its last update leaves an inf weight: the
+    # validation loss is the first non-finite loss, and the run stops there, not one step later
+    def poison(opt, *_):
+        steps.append(1)
+        if len(steps) == 4:  # 64 training images in batches of 16: the last step of epoch 1
+            with torch.no_grad():
+                opt.param_groups[0]["params"][0].fill_(math.inf)
+
+    steps: list[int] = []
+    handle = register_optimizer_step_post_hook(poison)
+    try:
+        result = run(["train.epochs=3"])
+    finally:
+        handle.remove()
+    assert (result.status, result.diverged_at) == ("diverged", (1, 4))
+    assert "epoch 1, step 4 (the validation loss" in result.reason
+    assert result.history == []
 
 
 # ---- learning-rate schedules -----------------------------------------------------------------
