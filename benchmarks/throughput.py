@@ -4,19 +4,21 @@
         [--batch-size 128] [--steps 20] [--warmup 2] [--rounds 5] [--workers N] [--threads N]
 
 One process, one model (the d2l NiN preset, build_model(ModelConfig(), size)), one batch size,
-resolution and device for all three:
+resolution and device for all four:
   d2l     torchvision FashionMNIST over the same IDX files, Compose([Resize, ToTensor]), a shuffled
           DataLoader with d2l's 4 workers (capped to os.cpu_count()), fp32 SGD(lr 0.05) steps with
           d2l's per-step loss/accuracy bookkeeping (train_ch6's loop);
   engine  nin_search.train.fit on steps * batch_size training images, one epoch; its img_per_s
-          (evaluation excluded). On CUDA fit runs bf16 autocast + channels_last;
-  bare    the same fp32 forward/backward/SGD step on one batch already resident on the device.
+          (evaluation excluded). fit runs channels_last (CPU: fp32; CUDA: bf16 autocast);
+  bare    d2l's fp32 NCHW forward/backward/SGD step on one batch already resident on the device;
+  bare-engine  the engine's own step (train_step: channels_last, bf16 autocast on CUDA) on the
+          same batch: the ceiling for fit(), so engine / bare-engine is the engine's overhead.
 Each measurement runs --warmup steps first (the engine: a separate --warmup-step fit); methods are
 interleaved for --rounds short rounds, so that drifts in the machine's speed (a shared VM's host,
-other jobs: the load average is printed per round) hit all three alike. Reported: each method's
-median round, and ratios as the median over rounds of the same round's ratio (a round's three
+other jobs: the load average is printed per round) hit all four alike. Reported: each method's
+median round, and ratios as the median over rounds of the same round's ratio (a round's four
 measurements lie close in time); then the median gap between optimizer steps over all rounds (a
-global step hook: the same timer for all three).
+global step hook: the same timer for all four).
 Prints a markdown table for benchmarks/RESULTS.md. Imports only torch, torchvision, nin_search.
 """
 
@@ -46,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from nin_search.config import Config, DataConfig, ModelConfig, load_config  # noqa: E402
 from nin_search.data import Data, load_data, locate, to_input  # noqa: E402
 from nin_search.model import build_model  # noqa: E402
-from nin_search.train import fit, resolve_device  # noqa: E402
+from nin_search.train import fit, resolve_device, train_step  # noqa: E402
 
 D2L_WORKERS = 4  # d2l's get_dataloader_workers()
 LR = 0.05  # d2l NiN chapter
@@ -54,7 +56,7 @@ VAL_SIZE = 256  # the engine's held-out images: two eval batches, outside its im
 STAMPS: list[float] = []  # perf_counter() after every optimizer step, whichever method ran it
 
 
-def stamp(*_: object) -> None:  # a global optimizer step post-hook: one timer for all three
+def stamp(*_: object) -> None:  # a global optimizer step post-hook: one timer for all four
     STAMPS.append(time.perf_counter())
 
 
@@ -127,7 +129,7 @@ def run_engine(cfgs: tuple[Config, Config], data: tuple[Data, Data]) -> float:
 
 
 def run_bare(x: torch.Tensor, y: torch.Tensor, a: argparse.Namespace) -> float:
-    """The fp32 step alone on one resident batch: no data path, no bookkeeping."""
+    """d2l's fp32 NCHW step alone on one resident batch: no data path, no bookkeeping."""
     net, opt = fresh_model(a)
     criterion = nn.CrossEntropyLoss()
 
@@ -137,6 +139,15 @@ def run_bare(x: torch.Tensor, y: torch.Tensor, a: argparse.Namespace) -> float:
         opt.step()
 
     return timed(step, a)
+
+
+def run_bare_engine(x: torch.Tensor, y: torch.Tensor, a: argparse.Namespace) -> float:
+    """The engine's own step (train.train_step: channels_last, bf16 autocast on CUDA) alone on
+    one resident batch: what fit() would reach with a free data path and no bookkeeping."""
+    net, opt = fresh_model(a)
+    net = net.to(memory_format=torch.channels_last)
+    criterion = nn.CrossEntropyLoss()
+    return timed(lambda: train_step(net, opt, criterion, x, y, a.dev), a)
 
 
 def forward_flops(size: int) -> int:
@@ -164,7 +175,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before each measurement")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of d2l, engine, bare")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the four methods")
     workers = min(D2L_WORKERS, os.cpu_count() or 1)  # d2l: 4, capped to the CPUs
     p.add_argument("--workers", type=int, default=workers, help="d2l-style DataLoader workers")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: one per CPU)")
@@ -179,12 +190,13 @@ def main() -> None:
     data = tuple(load_data(c.data, dev, with_test=False) for c in cfgs)
     x, y = to_input(data[1].train_x[: a.batch_size], a.size), data[1].train_y[: a.batch_size]
     flops_img = 3 * forward_flops(a.size)  # training = 3 x forward; forward = 2 x MACs
-    best: dict[str, list[float]] = {"d2l": [], "engine": [], "bare": []}  # img/s per round
+    best: dict[str, list[float]] = {"d2l": [], "engine": [], "bare": [], "bare-engine": []}
     gaps: dict[str, list[float]] = {k: [] for k in best}  # seconds between timed steps
     with tempfile.TemporaryDirectory() as tmp:
         ds = torchvision_dataset(Path(tmp), a.size)
         runs = {"d2l": lambda: run_d2l(ds, a), "engine": lambda: run_engine(cfgs, data),
-                "bare": lambda: run_bare(x, y, a)}  # fmt: skip
+                "bare": lambda: run_bare(x, y, a),
+                "bare-engine": lambda: run_bare_engine(x, y, a)}  # fmt: skip
         for r in range(1, a.rounds + 1):
             for k, run in runs.items():
                 best[k].append(run())
@@ -198,17 +210,18 @@ def main() -> None:
     med = {k: a.batch_size / statistics.median(v) for k, v in gaps.items()}
     unit, scale = ("TFLOP/s", 1e12) if cuda else ("GFLOP/s", 1e9)
     name = torch.cuda.get_device_name(dev) if cuda else f"CPU, {torch.get_num_threads()} threads"
-    prec = "bf16 autocast + channels_last" if cuda else "fp32"
+    prec = "bf16 autocast + channels_last" if cuda else "fp32, channels_last"
     print(f"\ndevice {name}; torch {torch.__version__}; torchvision {torchvision.__version__}")
     print(
         f"d2l NiN at {a.size} px, batch {a.batch_size}, {a.steps} timed steps after {a.warmup}"
         f" warmup, {a.rounds} interleaved rounds; d2l-style DataLoader workers {a.workers}"
     )
-    print(f"the engine runs {prec}; the d2l-style loop and the bare step run fp32, as d2l does")
+    print(f"the engine runs {prec}; the d2l-style loop and the bare step run fp32 NCHW, as d2l")
     print(f"training FLOPs per image {flops_img / 1e9:.3f} G (3 x forward, 2 FLOPs per MAC)\n")
     labels = {"d2l": "d2l-style loop (torchvision + DataLoader, fp32)",
               "engine": f"engine: nin_search.train.fit ({prec})",
-              "bare": "bare step on one resident batch (fp32)"}  # fmt: skip
+              "bare": "bare step on one resident batch (fp32 NCHW, as d2l)",
+              "bare-engine": f"bare step, same batch, engine's train_step ({prec})"}  # fmt: skip
     print(f"| method | img/s, median round | engine / method, median of per-round ratios "
           f"| {unit} | img/s, median step | engine / method, median step |\n"
           "|---|---:|---:|---:|---:|---:|")  # fmt: skip
@@ -216,13 +229,15 @@ def main() -> None:
         print(f"| {label} | {top[k]:.1f} | {per_round[k]:.3f}x | "
               f"{top[k] * flops_img / scale:.2f} | {med[k]:.1f} | "
               f"{med['engine'] / med[k]:.3f}x |")  # fmt: skip
-    ratio = {k: (per_round[k], med["engine"] / med[k]) for k in ("d2l", "bare")}
-    print(f"\nengine / d2l-style = {ratio['d2l'][0]:.3f}x (median step {ratio['d2l'][1]:.3f}x); "
-          f"engine / bare = {ratio['bare'][0]:.3f}x (median step {ratio['bare'][1]:.3f}x); "
-          f"engine {top['engine'] * flops_img / scale:.2f} {unit}")  # fmt: skip
+    ratio = {k: (per_round[k], med["engine"] / med[k]) for k in best}
+    print("")
+    for k, target in (("d2l", 5.0 if cuda else 1.3), ("bare-engine", 0.97), ("bare", None)):
+        goal = f", target >= {target}x" if target else " (d2l's own step)"
+        print(f"engine / {k} = {ratio[k][0]:.3f}x (median step {ratio[k][1]:.3f}x){goal}")
+    print(f"engine {top['engine'] * flops_img / scale:.2f} {unit}")
     print(
         "rounds: fit()'s img_per_s for the engine, wall time over the timed steps for the"
-        " others; median step: the median gap between optimizer steps, one timer for all three"
+        " others; median step: the median gap between optimizer steps, one timer for all four"
         " (on CUDA asynchronous: use the rounds)"
     )
 
