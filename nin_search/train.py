@@ -142,7 +142,7 @@ def fit(
     torch.manual_seed(t.seed)  # weight init and dropout
     gen = torch.Generator(device=device).manual_seed(t.seed)  # batch order and augmentation
     # channels_last on both devices: cuDNN's and oneDNN's fastest convolutions for this network
-    # (on the 2-core CPU 1.2-1.7x less time per fp32 step than NCHW; benchmarks/RESULTS.md)
+    # (2-core CPU: 1.25-1.72x less time per fp32 step than NCHW; benchmarks/memory_format.py)
     model = build_model(cfg.model, data.input_size, 1, data.num_classes)
     model = model.to(device, memory_format=torch.channels_last)
     if cuda:
