@@ -45,6 +45,13 @@ class FitResult:
     def best_val_acc(self) -> float:
         return max((h["val_acc"] for h in self.history), default=float("nan"))
 
+    def diverge(self, epoch: int, step: int, lr: float, which: str = "") -> None:
+        self.status, self.diverged_at = "diverged", (epoch, step)
+        self.reason = (
+            f"loss became non-finite at epoch {epoch}, step {step} ({which}lr {lr:.3g}); "
+            "lower train.lr"
+        )
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -190,11 +197,7 @@ def fit(
                 checked = i + 1
                 if bad.any():
                     step = checked - len(bad) + int(bad.nonzero()[0]) + 1
-                    result.status, result.diverged_at = "diverged", (epoch, step)
-                    result.reason = (
-                        f"loss became non-finite at epoch {epoch}, step {step} "
-                        f"(lr {opt.param_groups[0]['lr']:.3g}); lower train.lr"
-                    )
+                    result.diverge(epoch, step, opt.param_groups[0]["lr"])
                     break
         if bar is not None:
             bar.close()
@@ -204,11 +207,8 @@ def fit(
         train_time = time.perf_counter() - start
         val_loss, val_acc = evaluate(step_model, data.val_x, data.val_y, data)
         if not math.isfinite(val_loss):  # the epoch's last update overflowed the weights
-            result.status, result.diverged_at = "diverged", (epoch, steps)
-            result.reason = (
-                f"loss became non-finite at epoch {epoch}, step {steps} (the validation loss "
-                f"after its update; lr {opt.param_groups[0]['lr']:.3g}); lower train.lr"
-            )
+            lr = opt.param_groups[0]["lr"]
+            result.diverge(epoch, steps, lr, "the validation loss after its update; ")
             break
         metrics = {
             "epoch": epoch,
