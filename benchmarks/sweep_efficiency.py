@@ -1,7 +1,7 @@
 """Does pruning pay? The same small search with Hyperband and without pruning, side by side.
 
     .venv/bin/python benchmarks/sweep_efficiency.py [--trials 15] [--epochs 9] [--seed 0] \
-        [--sampler random|tpe] [--train-subset 1000] [--val-size 500] [--parallel]
+        [--sampler random|tpe] [--train-subset 1000] [--val-size 500] [--parallel] [--keep DIR]
 
 Runs the real sweep machinery (nin_search.sweep.run_worker: Optuna on SQLite, every trial an MLflow
 run in a temporary store) twice on real Fashion-MNIST with the same sampler seed: once with
@@ -12,7 +12,9 @@ bracket's trials apart). Reports the epochs consumed and the best val_acc of eac
 tracking overhead (MLflow logging plus Optuna report/should_prune) per epoch as a share of the
 epoch time. Targets: at least 3x fewer epochs for a best value within 0.5 points; overhead under
 2%. --parallel runs the two searches at once, one process and one torch thread each, each with
-its own stores (epochs and values do not depend on it; seconds do).
+its own stores (epochs and values do not depend on it; seconds do). --keep DIR keeps both
+searches' stores (DIR/none/optuna.db, DIR/hyperband/optuna.db, MLflow's beside them) for
+benchmarks/hyperband_replay.py; by default they go to a temporary folder.
 """
 
 from __future__ import annotations
@@ -113,10 +115,14 @@ def main() -> None:
     ap.add_argument("--val-size", type=int, default=500)
     ap.add_argument("--sampler", default="random", choices=("random", "tpe"))
     ap.add_argument("--parallel", action="store_true", help="both searches at once")
+    ap.add_argument("--keep", type=Path, help="keep the stores in this new folder")
     args = ap.parse_args()
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     pruners = ("none", "hyperband")
     with tempfile.TemporaryDirectory() as tmp:
+        if args.keep:
+            args.keep.mkdir(parents=True)  # not exist_ok: never mix two runs' stores
+            tmp = args.keep.resolve()
         if args.parallel:
             with concurrent.futures.ProcessPoolExecutor(2) as pool:
                 rows = list(pool.map(run, [Path(tmp)] * 2, pruners, [args] * 2))

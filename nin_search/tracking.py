@@ -7,6 +7,7 @@ with mlflow.start_run(experiment_id=exp_id, tags=run_tags(cfg)): ...
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import subprocess
@@ -71,6 +72,7 @@ def experiment_id(name: str) -> str:
         raise ConfigError(f"MLflow store {mask(uri)} cannot be used: {first[:200]}") from None
 
 
+@functools.cache  # the code this process runs was loaded at its start: ask git once
 def git_commit() -> str:
     """The source tree's commit (with '+dirty' when it has changes), or 'unknown'."""
     here = Path(__file__).resolve().parent
