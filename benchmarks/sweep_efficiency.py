@@ -1,7 +1,8 @@
 """Does pruning pay? The same small search with Hyperband and without pruning, side by side.
 
     .venv/bin/python benchmarks/sweep_efficiency.py [--trials 15] [--epochs 9] [--seed 0] \
-        [--sampler random|tpe] [--train-subset 1000] [--val-size 500] [--parallel] [--keep DIR]
+        [--sampler random|tpe] [--train-subset 1000] [--val-size 500] [--parallel] [--keep DIR] \
+        [--only none|hyperband]
 
 Runs the real sweep machinery (nin_search.sweep.run_worker: Optuna on SQLite, every trial an MLflow
 run in a temporary store) twice on real Fashion-MNIST with the same sampler seed: once with
@@ -14,7 +15,8 @@ epoch time. Targets: at least 3x fewer epochs for a best value within 0.5 points
 2%. --parallel runs the two searches at once, one process and one torch thread each, each with
 its own stores (epochs and values do not depend on it; seconds do). --keep DIR keeps both
 searches' stores (DIR/none/optuna.db, DIR/hyperband/optuna.db, MLflow's beside them) for
-benchmarks/hyperband_replay.py; by default they go to a temporary folder.
+benchmarks/hyperband_replay.py; by default they go to a temporary folder. --only none runs the
+unpruned search alone (all the replay needs).
 """
 
 from __future__ import annotations
@@ -116,19 +118,27 @@ def main() -> None:
     ap.add_argument("--sampler", default="random", choices=("random", "tpe"))
     ap.add_argument("--parallel", action="store_true", help="both searches at once")
     ap.add_argument("--keep", type=Path, help="keep the stores in this new folder")
+    ap.add_argument("--only", choices=("none", "hyperband"), help="run one of the two searches")
     args = ap.parse_args()
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    pruners = ("none", "hyperband")
+    pruners = (args.only,) if args.only else ("none", "hyperband")
     with tempfile.TemporaryDirectory() as tmp:
         if args.keep:
             args.keep.mkdir(parents=True)  # not exist_ok: never mix two runs' stores
             tmp = args.keep.resolve()
-        if args.parallel:
+        if args.parallel and not args.only:
             with concurrent.futures.ProcessPoolExecutor(2) as pool:
                 rows = list(pool.map(run, [Path(tmp)] * 2, pruners, [args] * 2))
         else:
             rows = [run(Path(tmp), p, args) for p in pruners]
         os.chdir(Path(__file__).parent)  # out of the folder before it goes
+    if args.only:
+        r = rows[0]
+        print(
+            f"\n{args.only}: {r['trials']} trials ({r['pruned']} pruned), {r['epochs']} epochs, "
+            f"best {r['best']:.4f} (trial {r['best_trial']}), {r['wall_s']:.0f} s"
+        )
+        return
     base, hb = rows
     print(
         f"\n{args.trials} trials x {args.epochs} epochs, {args.sampler} sampler seed {args.seed}, "
