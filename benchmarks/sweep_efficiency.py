@@ -1,8 +1,8 @@
 """Does pruning pay? The same small search with Hyperband and without pruning, side by side.
 
     .venv/bin/python benchmarks/sweep_efficiency.py [--trials 15] [--epochs 9] [--seed 0] \
-        [--sampler random|tpe] [--train-subset 1000] [--val-size 500] [--parallel] [--keep DIR] \
-        [--only none|hyperband]
+        [--sampler random|tpe] [--train-subset 1000] [--val-size 500] [--width 0.25] \
+        [--batch-size 64] [--parallel] [--keep DIR] [--only none|hyperband]
 
 Runs the real sweep machinery (nin_search.sweep.run_worker: Optuna on SQLite, every trial an MLflow
 run in a temporary store) twice on real Fashion-MNIST with the same sampler seed: once with
@@ -37,14 +37,14 @@ name = "{name}"
 n_trials = {trials}
 [model]
 preset = "lin2013"
-width = 0.25
+width = {width}
 [data]
 resize = 0
 train_subset = {subset}
 val_size = {val}
 [train]
 optimizer = "adam"
-batch_size = 64
+batch_size = {batch}
 epochs = {epochs}
 [params]
 "train.lr" = {{ low = 1e-4, high = 3e-2, log = true }}
@@ -82,6 +82,8 @@ def run(folder: Path, pruner: str, args: argparse.Namespace) -> dict:
             sampler=args.sampler,
             subset=args.train_subset,
             val=args.val_size,
+            width=args.width,
+            batch=args.batch_size,
         )
     )
     url = f"sqlite:///{folder}/optuna.db"
@@ -115,6 +117,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-subset", type=int, default=1000)
     ap.add_argument("--val-size", type=int, default=500)
+    ap.add_argument("--width", type=float, default=0.25, help="model.width of lin2013")
+    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--sampler", default="random", choices=("random", "tpe"))
     ap.add_argument("--parallel", action="store_true", help="both searches at once")
     ap.add_argument("--keep", type=Path, help="keep the stores in this new folder")
@@ -142,7 +146,8 @@ def main() -> None:
     base, hb = rows
     print(
         f"\n{args.trials} trials x {args.epochs} epochs, {args.sampler} sampler seed {args.seed}, "
-        f"{args.train_subset} training / {args.val_size} validation images"
+        f"{args.train_subset} training / {args.val_size} validation images, "
+        f"width {args.width}, batch {args.batch_size}"
         + (", the two searches in parallel (one thread each)" if args.parallel else "")
     )
     print(
