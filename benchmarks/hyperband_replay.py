@@ -87,9 +87,11 @@ def main() -> None:
         same = f"epochs per trial {same} the real Hyperband search"
     else:
         same = "no real Hyperband search to check against (--only none)"
+    winner = max(range(len(runs)), key=lambda k: max(runs[k]))
     print(
         f"order 0 (the real one): {full / used:.2f}x fewer epochs ({used}), best {best:.4f} "
-        f"({100 * (best - top):+.2f} points); {same}"
+        f"({100 * (best - top):+.2f} points); the unpruned best, trial {winner}, ran "
+        f"{per_trial[winner]} of its {len(runs[winner])} epochs; {same}"
     )
     rng = random.Random(a.seed)
     ratios, gaps = [], []

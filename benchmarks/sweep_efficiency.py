@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/sweep_efficiency.py [--trials 15] [--epochs 9] [--seed 0] \
         [--sampler random|tpe] [--train-subset 1000] [--val-size 500] [--width 0.25] \
-        [--batch-size 64] [--parallel] [--keep DIR] [--only none|hyperband]
+        [--batch-size 64] [--batch-norm] [--parallel] [--keep DIR] [--only none|hyperband]
 
 Runs the real sweep machinery (nin_search.sweep.run_worker: Optuna on SQLite, every trial an MLflow
 run in a temporary store) twice on real Fashion-MNIST with the same sampler seed: once with
@@ -38,6 +38,7 @@ n_trials = {trials}
 [model]
 preset = "lin2013"
 width = {width}
+batch_norm = {bn}
 [data]
 resize = 0
 train_subset = {subset}
@@ -84,6 +85,7 @@ def run(folder: Path, pruner: str, args: argparse.Namespace) -> dict:
             val=args.val_size,
             width=args.width,
             batch=args.batch_size,
+            bn=str(args.batch_norm).lower(),
         )
     )
     url = f"sqlite:///{folder}/optuna.db"
@@ -119,6 +121,7 @@ def main() -> None:
     ap.add_argument("--val-size", type=int, default=500)
     ap.add_argument("--width", type=float, default=0.25, help="model.width of lin2013")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-norm", action="store_true", help="model.batch_norm=true")
     ap.add_argument("--sampler", default="random", choices=("random", "tpe"))
     ap.add_argument("--parallel", action="store_true", help="both searches at once")
     ap.add_argument("--keep", type=Path, help="keep the stores in this new folder")
@@ -148,6 +151,7 @@ def main() -> None:
         f"\n{args.trials} trials x {args.epochs} epochs, {args.sampler} sampler seed {args.seed}, "
         f"{args.train_subset} training / {args.val_size} validation images, "
         f"width {args.width}, batch {args.batch_size}"
+        + (", batch_norm" if args.batch_norm else "")
         + (", the two searches in parallel (one thread each)" if args.parallel else "")
     )
     print(
