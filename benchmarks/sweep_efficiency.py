@@ -15,8 +15,11 @@ epoch time. Targets: at least 3x fewer epochs for a best value within 0.5 points
 2%. --parallel runs the two searches at once, one process and one torch thread each, each with
 its own stores (epochs and values do not depend on it; seconds do). --keep DIR keeps both
 searches' stores (DIR/none/optuna.db, DIR/hyperband/optuna.db, MLflow's beside them) for
-benchmarks/hyperband_replay.py; by default they go to a temporary folder. --only none runs the
-unpruned search alone (all the replay needs).
+benchmarks/hyperband_replay.py; by default they go to a temporary folder. --only runs one of the
+two (`--only none` is all the replay needs; `--only hyperband --keep` the same DIR adds the other
+later, never over an existing one). The search itself: lin2013 NiN on 28 px Fashion-MNIST, Adam,
+over train.lr (log 1e-4..3e-2), model.dropout (0..0.7) and model.mlp_depth (0..3); --width,
+--batch-size, --batch-norm, --train-subset and --val-size size it.
 """
 
 from __future__ import annotations
@@ -131,7 +134,7 @@ def main() -> None:
     pruners = (args.only,) if args.only else ("none", "hyperband")
     with tempfile.TemporaryDirectory() as tmp:
         if args.keep:
-            args.keep.mkdir(parents=True)  # not exist_ok: never mix two runs' stores
+            args.keep.mkdir(parents=True, exist_ok=True)  # run() refuses a used subfolder
             tmp = args.keep.resolve()
         if args.parallel and not args.only:
             with concurrent.futures.ProcessPoolExecutor(2) as pool:
