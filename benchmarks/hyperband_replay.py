@@ -38,7 +38,7 @@ def curves(folder: Path, pruner: str) -> tuple[list[list[float]], int]:
     )
     trials = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     out = [[t.intermediate_values[e] for e in sorted(t.intermediate_values)] for t in trials]
-    return out, max(len(c) for c in out)
+    return out, max((len(c) for c in out), default=0)
 
 
 def replay(runs: list[list[float]], epochs: int) -> tuple[int, float, list[int]]:
@@ -85,6 +85,8 @@ def main() -> None:
         real = [len(c) for c in curves(a.folder, "hyperband")[0]]
         same = "match" if real == per_trial else f"DIFFER from ({sum(real)} epochs)"
         same = f"epochs per trial {same} the real Hyperband search"
+        if len(real) != len(runs):
+            same = f"the real Hyperband search has {len(real)} of {len(runs)} trials: not compared"
     else:
         same = "no real Hyperband search to check against (--only none)"
     winner = max(range(len(runs)), key=lambda k: max(runs[k]))
