@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/sweep_efficiency.py [--trials 15] [--epochs 9] [--seed 0] \
         [--sampler random|tpe] [--train-subset 1000] [--val-size 500] [--width 0.25] \
         [--batch-size 64] [--batch-norm] [--parallel] [--keep DIR] [--only none|hyperband]
+    .venv/bin/python benchmarks/sweep_efficiency.py --report DIR
 
 Runs the real sweep machinery (nin_search.sweep.run_worker: Optuna on SQLite, every trial an MLflow
 run in a temporary store) twice on real Fashion-MNIST with the same sampler seed: once with
@@ -17,15 +18,17 @@ its own stores (epochs and values do not depend on it; seconds do). --keep DIR k
 searches' stores (DIR/none/optuna.db, DIR/hyperband/optuna.db, MLflow's beside them) for
 benchmarks/hyperband_replay.py; by default they go to a temporary folder. --only runs one of the
 two (`--only none` is all the replay needs; `--only hyperband --keep` the same DIR adds the other
-later, never over an existing one). The search itself: lin2013 NiN on 28 px Fashion-MNIST, Adam,
-over train.lr (log 1e-4..3e-2), model.dropout (0..0.7) and model.mlp_depth (0..3); --width,
---batch-size, --batch-norm, --train-subset and --val-size size it.
+later, never over an existing one; --report DIR then prints the comparison). The search itself:
+lin2013 NiN on 28 px Fashion-MNIST, Adam, over train.lr (log 1e-4..3e-2), model.dropout (0..0.7)
+and model.mlp_depth (0..3); --width, --batch-size, --batch-norm, --train-subset and --val-size
+size it.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import json
 import os
 import tempfile
 import textwrap
@@ -64,7 +67,6 @@ type = "{pruner}"
 
 def run(folder: Path, pruner: str, args: argparse.Namespace) -> dict:
     """One search in folder/<pruner>/ (its own Optuna and MLflow stores), in this process."""
-    from nin_search.storage import open_storage
     from nin_search.study import load_study
     from nin_search.sweep import run_worker
 
@@ -94,8 +96,17 @@ def run(folder: Path, pruner: str, args: argparse.Namespace) -> dict:
     url = f"sqlite:///{folder}/optuna.db"
     start = time.perf_counter()
     run_worker(load_study(str(path)), url, trials, None, None)
-    wall = time.perf_counter() - start
-    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    (folder / "wall_s.json").write_text(json.dumps(time.perf_counter() - start))
+    return summarize(folder.parent, pruner)
+
+
+def summarize(folder: Path, pruner: str) -> dict:
+    """What one search in folder/<pruner>/ consumed and found, read from its Optuna store."""
+    from nin_search.storage import open_storage
+
+    wall = folder / pruner / "wall_s.json"
+    url = f"sqlite:///{folder / pruner / 'optuna.db'}"
+    study = optuna.load_study(study_name=f"efficiency-{pruner}", storage=open_storage(url))
     done = [
         t
         for t in study.trials
@@ -111,7 +122,7 @@ def run(folder: Path, pruner: str, args: argparse.Namespace) -> dict:
         "fate": {t.number: (t.state.name.lower(), t.user_attrs.get("epochs", 0)) for t in done},
         "tracking_s": sum(t.user_attrs.get("tracking_s", 0.0) for t in done),
         "epoch_s": sum(t.user_attrs.get("epoch_s", 0.0) for t in done),
-        "wall_s": wall,
+        "wall_s": json.loads(wall.read_text()) if wall.exists() else None,
     }
 
 
@@ -129,7 +140,12 @@ def main() -> None:
     ap.add_argument("--parallel", action="store_true", help="both searches at once")
     ap.add_argument("--keep", type=Path, help="keep the stores in this new folder")
     ap.add_argument("--only", choices=("none", "hyperband"), help="run one of the two searches")
+    ap.add_argument("--report", type=Path, help="compare the two searches kept in this folder")
     args = ap.parse_args()
+    if args.report:  # both searches ran before, --only and --keep, perhaps on two machines
+        print(f"\nthe searches kept in {args.report}")
+        compare([summarize(args.report, p) for p in ("none", "hyperband")], args.sampler)
+        return
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     pruners = (args.only,) if args.only else ("none", "hyperband")
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,7 +165,6 @@ def main() -> None:
             f"best {r['best']:.4f} (trial {r['best_trial']}), {r['wall_s']:.0f} s"
         )
         return
-    base, hb = rows
     print(
         f"\n{args.trials} trials x {args.epochs} epochs, {args.sampler} sampler seed {args.seed}, "
         f"{args.train_subset} training / {args.val_size} validation images, "
@@ -157,6 +172,12 @@ def main() -> None:
         + (", batch_norm" if args.batch_norm else "")
         + (", the two searches in parallel (one thread each)" if args.parallel else "")
     )
+    compare(rows, args.sampler)
+
+
+def compare(rows: list[dict], sampler: str) -> None:
+    """The table and the two target lines: rows = (no pruning, Hyperband)."""
+    base, hb = rows
     print(
         textwrap.dedent("""
         | pruner | trials (pruned) | epochs consumed | best val_acc | tracking overhead | wall |
@@ -167,13 +188,14 @@ def main() -> None:
         print(
             f"| {r['pruner']} | {r['trials']} ({r['pruned']}) | {r['epochs']} | "
             f"{r['best']:.4f} | {100 * share:.2f}% of epoch time "
-            f"({1000 * r['tracking_s'] / r['epochs']:.0f} ms/epoch) | {r['wall_s']:.0f} s |"
+            f"({1000 * r['tracking_s'] / r['epochs']:.0f} ms/epoch) | "
+            + (f"{r['wall_s']:.0f} s |" if r["wall_s"] is not None else "not kept |")
         )
     print(
         f"\nepochs: {base['epochs'] / hb['epochs']:.2f}x fewer with Hyperband (target >= 3x); "
         f"best val_acc {100 * (hb['best'] - base['best']):+.2f} points (target within 0.5)"
     )
-    if args.sampler == "random":  # the same configuration under the same trial number
+    if sampler == "random":  # the same configuration under the same trial number
         state, epochs = hb["fate"].get(base["best_trial"], ("missing", 0))
         print(
             f"the unpruned search's best, trial {base['best_trial']}, was {state} under "
