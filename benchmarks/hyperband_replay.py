@@ -95,6 +95,8 @@ def main() -> None:
         f"({100 * (best - top):+.2f} points); the unpruned best, trial {winner}, ran "
         f"{per_trial[winner]} of its {len(runs[winner])} epochs; {same}"
     )
+    if a.orders < 1:
+        return
     rng = random.Random(a.seed)
     ratios, gaps = [], []
     for _ in range(a.orders):
