@@ -143,7 +143,7 @@ def main() -> None:
     )
     ap.add_argument("--sampler", default="random", choices=("random", "tpe"))
     ap.add_argument("--parallel", action="store_true", help="both searches at once")
-    ap.add_argument("--keep", type=Path, help="keep the stores in this new folder")
+    ap.add_argument("--keep", type=Path, help="keep the stores here, a new subfolder each")
     ap.add_argument("--only", choices=("none", "hyperband"), help="run one of the two searches")
     ap.add_argument("--report", type=Path, help="compare the two searches kept in this folder")
     args = ap.parse_args()
