@@ -47,15 +47,13 @@ def replay(runs: list[list[float]], epochs: int) -> tuple[int, float, list[int]]
 
     def objective(trial: optuna.Trial) -> float:
         curve = runs[trial.number]
-        best = float("-inf")
         for epoch, value in enumerate(curve, 1):
-            best = max(best, value)
             trial.report(value, epoch)
             if trial.should_prune():
                 used.append(epoch)
                 raise optuna.TrialPruned()
         used.append(len(curve))
-        return best
+        return max(curve)
 
     study = optuna.create_study(
         study_name=NAME, direction="maximize", pruner=optuna.pruners.HyperbandPruner(1, epochs, 3)
