@@ -1,25 +1,32 @@
 """Training throughput: the d2l-style loop vs the nin_search engine vs a bare training step.
 
     .venv/bin/python benchmarks/throughput.py [--device cpu|cuda|auto] [--size 96] \
-        [--batch-size 128] [--steps 20] [--warmup 2] [--rounds 5] [--workers N] [--threads N]
+        [--batch-size 128] [--steps 20] [--warmup 2] [--rounds 5] [--workers N] [--threads N] \
+        [--precision auto|fp32|bf16] [--compile] [--peak-gflops G]
 
 One process, one model (the d2l NiN preset, build_model(ModelConfig(), size)), one batch size,
-resolution and device for all four:
+resolution and device for all of them:
   d2l     torchvision FashionMNIST over the same IDX files, Compose([Resize, ToTensor]), a shuffled
           DataLoader with d2l's 4 workers (capped to os.cpu_count()), fp32 SGD(lr 0.05) steps with
           d2l's per-step loss/accuracy bookkeeping (train_ch6's loop);
   engine  nin_search.train.fit on steps * batch_size training images, one epoch; its img_per_s
-          (evaluation excluded). fit runs channels_last (CPU: fp32; CUDA: bf16 autocast);
+          (evaluation excluded). fit runs channels_last at train.precision = --precision
+          (auto: bf16 autocast on CUDA and on CPUs with AMX or AVX512-BF16, fp32 elsewhere);
   bare    d2l's fp32 NCHW forward/backward/SGD step on one batch already resident on the device;
-  bare-engine  the engine's own step (train_step: channels_last, bf16 autocast on CUDA) on the
-          same batch: the ceiling for fit(), so engine / bare-engine is the engine's overhead.
+  bare-engine  the engine's own step (train_step: channels_last, the same precision) on the
+          same batch: the ceiling for fit(), so engine / bare-engine is the engine's overhead;
+  compiled  (--compile) bare-engine with torch.compile(model) (inductor; on the CPU it needs a
+          C++ compiler): whether train.compile would pay off for this step.
 Each measurement runs --warmup steps first (the engine: a separate --warmup-step fit); methods are
 interleaved for --rounds short rounds, so that drifts in the machine's speed (a shared VM's host,
 other jobs: the load average is printed per round) hit all four alike. Reported: each method's
 median round, and ratios as the median over rounds of the same round's ratio (a round's four
 measurements lie close in time); then the median gap between optimizer steps over all rounds (a
 global step hook: the same timer for all four).
-Prints a markdown table for benchmarks/RESULTS.md. Imports only torch, torchvision, nin_search.
+Achieved FLOP/s are printed beside the device's peak at that precision (on the CPU computed from
+the unit's FLOPs per cycle, the clock and the cores, or given with --peak-gflops), so the distance
+to the limit is visible. Prints a markdown table for benchmarks/RESULTS.md. Imports only torch,
+torchvision, nin_search.
 """
 
 from __future__ import annotations
@@ -48,7 +55,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from nin_search.config import Config, DataConfig, ModelConfig, load_config  # noqa: E402
 from nin_search.data import Data, load_data, locate, to_input  # noqa: E402
 from nin_search.model import build_model  # noqa: E402
-from nin_search.train import fit, resolve_device, train_step  # noqa: E402
+from nin_search.train import (  # noqa: E402
+    cpu_bf16_units,
+    fit,
+    resolve_device,
+    resolve_precision,
+    train_step,
+)
 
 D2L_WORKERS = 4  # d2l's get_dataloader_workers()
 LR = 0.05  # d2l NiN chapter
@@ -141,13 +154,36 @@ def run_bare(x: torch.Tensor, y: torch.Tensor, a: argparse.Namespace) -> float:
     return timed(step, a)
 
 
-def run_bare_engine(x: torch.Tensor, y: torch.Tensor, a: argparse.Namespace) -> float:
-    """The engine's own step (train.train_step: channels_last, bf16 autocast on CUDA) alone on
-    one resident batch: what fit() would reach with a free data path and no bookkeeping."""
+def run_bare_engine(
+    x: torch.Tensor, y: torch.Tensor, a: argparse.Namespace, compiled: bool = False
+) -> float:
+    """The engine's own step (train.train_step: channels_last, a.precision) alone on one
+    resident batch: what fit() would reach with a free data path and no bookkeeping."""
     net, opt = fresh_model(a)
     net = net.to(memory_format=torch.channels_last)
+    step_net = torch.compile(net) if compiled else net
     criterion = nn.CrossEntropyLoss()
-    return timed(lambda: train_step(net, opt, criterion, x, y, a.dev), a)
+    return timed(lambda: train_step(step_net, opt, criterion, x, y, a.dev, a.precision), a)
+
+
+def cpu_peak_gflops(precision: str) -> tuple[float, str]:
+    """The CPU's peak GFLOP/s at this precision, and how it was computed.
+
+    FLOPs per cycle per core: AMX-BF16 1024; AVX512-BF16 (VDPBF16PS, two 512-bit pipes, as on
+    Zen 5 and Sapphire Rapids) 128; fp32 AVX-512 FMA (two pipes) 64. Zen 4 runs 512-bit ops on
+    256-bit halves, half these figures: pass --peak-gflops for such a CPU."""
+    units = cpu_bf16_units() if precision == "bf16" else []
+    per_cycle, unit = (
+        (1024, "AMX-BF16")
+        if "amx_bf16" in units
+        else (128, "AVX512-BF16")
+        if units
+        else (64, "fp32 AVX-512 FMA")
+    )
+    ghz = max(float(line.split(":")[1]) for line in open("/proc/cpuinfo") if "MHz" in line) / 1e3
+    cores = os.cpu_count() or 1
+    how = f"{unit}: {per_cycle} FLOP/cycle/core x {cores} cores x {ghz:.2f} GHz"
+    return per_cycle * cores * ghz, how
 
 
 def forward_flops(size: int) -> int:
@@ -161,6 +197,7 @@ def forward_flops(size: int) -> int:
 def engine_configs(a: argparse.Namespace) -> tuple[Config, Config]:
     """The warmup fit's config and the measured fit's: one epoch of `steps` batches each."""
     sets = f"data.resize={a.size} data.val_size={VAL_SIZE} train.device={a.dev.type} "
+    sets += f"train.precision={a.precision} "
     sets += f"train.batch_size={a.batch_size} train.epochs=1 data.train_subset="
     return tuple(  # type: ignore[return-value]
         load_config(overrides=(sets + str(n * a.batch_size)).split())
@@ -179,8 +216,12 @@ def main() -> None:
     workers = min(D2L_WORKERS, os.cpu_count() or 1)  # d2l: 4, capped to the CPUs
     p.add_argument("--workers", type=int, default=workers, help="d2l-style DataLoader workers")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: one per CPU)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    p.add_argument("--compile", action="store_true", help="also time torch.compile's step")
+    p.add_argument("--peak-gflops", type=float, help="the device's peak (default: computed)")
     a = p.parse_args()
     a.dev = dev = resolve_device(a.device)
+    a.precision = resolve_precision(a.precision, dev)
     cuda = dev.type == "cuda"
     torch.set_num_threads(a.threads or os.cpu_count() or 1)
     register_optimizer_step_post_hook(stamp)
@@ -191,12 +232,16 @@ def main() -> None:
     x, y = to_input(data[1].train_x[: a.batch_size], a.size), data[1].train_y[: a.batch_size]
     flops_img = 3 * forward_flops(a.size)  # training = 3 x forward; forward = 2 x MACs
     best: dict[str, list[float]] = {"d2l": [], "engine": [], "bare": [], "bare-engine": []}
+    if a.compile:
+        best["compiled"] = []
     gaps: dict[str, list[float]] = {k: [] for k in best}  # seconds between timed steps
     with tempfile.TemporaryDirectory() as tmp:
         ds = torchvision_dataset(Path(tmp), a.size)
         runs = {"d2l": lambda: run_d2l(ds, a), "engine": lambda: run_engine(cfgs, data),
                 "bare": lambda: run_bare(x, y, a),
-                "bare-engine": lambda: run_bare_engine(x, y, a)}  # fmt: skip
+                "bare-engine": lambda: run_bare_engine(x, y, a),
+                "compiled": lambda: run_bare_engine(x, y, a, compiled=True)}  # fmt: skip
+        runs = {k: v for k, v in runs.items() if k in best}
         for r in range(1, a.rounds + 1):
             for k, run in runs.items():
                 best[k].append(run())
@@ -210,7 +255,7 @@ def main() -> None:
     med = {k: a.batch_size / statistics.median(v) for k, v in gaps.items()}
     unit, scale = ("TFLOP/s", 1e12) if cuda else ("GFLOP/s", 1e9)
     name = torch.cuda.get_device_name(dev) if cuda else f"CPU, {torch.get_num_threads()} threads"
-    prec = "bf16 autocast + channels_last" if cuda else "fp32, channels_last"
+    prec = f"{a.precision}{' autocast' if a.precision == 'bf16' else ''}, channels_last"
     print(f"\ndevice {name}; torch {torch.__version__}; torchvision {torchvision.__version__}")
     print(
         f"d2l NiN at {a.size} px, batch {a.batch_size}, {a.steps} timed steps after {a.warmup}"
@@ -221,7 +266,9 @@ def main() -> None:
     labels = {"d2l": "d2l-style loop (torchvision + DataLoader, fp32)",
               "engine": f"engine: nin_search.train.fit ({prec})",
               "bare": "bare step on one resident batch (fp32 NCHW, as d2l)",
-              "bare-engine": f"bare step, same batch, engine's train_step ({prec})"}  # fmt: skip
+              "bare-engine": f"bare step, same batch, engine's train_step ({prec})",
+              "compiled": f"bare step, same batch, torch.compile(model) ({prec})"}  # fmt: skip
+    labels = {k: v for k, v in labels.items() if k in best}
     print(f"| method | img/s, median round | engine / method, median of per-round ratios "
           f"| {unit} | img/s, median step | engine / method, median step |\n"
           "|---|---:|---:|---:|---:|---:|")  # fmt: skip
@@ -231,10 +278,23 @@ def main() -> None:
               f"{med['engine'] / med[k]:.3f}x |")  # fmt: skip
     ratio = {k: (per_round[k], med["engine"] / med[k]) for k in best}
     print("")
-    for k, target in (("d2l", 5.0 if cuda else 1.3), ("bare-engine", 0.97), ("bare", None)):
+    for k, target in (("d2l", 5.0 if cuda else 2.0), ("bare-engine", 0.97), ("bare", None)):
         goal = f", target >= {target}x" if target else " (d2l's own step)"
         print(f"engine / {k} = {ratio[k][0]:.3f}x (median step {ratio[k][1]:.3f}x){goal}")
-    print(f"engine {top['engine'] * flops_img / scale:.2f} {unit}")
+    if "compiled" in best:
+        pairs = zip(best["compiled"], best["bare-engine"], strict=True)
+        print(f"compiled / bare-engine = {statistics.median(c / b for c, b in pairs):.3f}x "
+              "(median of per-round ratios; above 1: torch.compile is faster)")  # fmt: skip
+    achieved = top["engine"] * flops_img / scale
+    if a.peak_gflops or not cuda:
+        peak, how = (
+            (a.peak_gflops, "--peak-gflops") if a.peak_gflops else cpu_peak_gflops(a.precision)
+        )
+        peak /= scale / 1e9
+        print(f"engine {achieved:.2f} {unit} = {achieved / peak:.1%} of the peak {peak:.0f} "
+              f"{unit} ({how})")  # fmt: skip
+    else:
+        print(f"engine {achieved:.2f} {unit}")
     print(
         "rounds: fit()'s img_per_s for the engine, wall time over the timed steps for the"
         " others; median step: the median gap between optimizer steps, one timer for all four"

@@ -21,6 +21,7 @@ from nin_search.config import ConfigError
 from nin_search.model import check_input_size
 from nin_search.storage import directory_lock
 from nin_search.study import Study, with_params
+from nin_search.train import resolved
 
 TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
@@ -104,6 +105,7 @@ def check_arms(study: Study) -> None:
         cfg = with_params(study, {"arm": arm}, where)
         try:
             check_input_size(cfg.model, cfg.data.resize or 28)
+            resolved(cfg)  # train.precision = 'bf16' on a device without bf16 units
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
 

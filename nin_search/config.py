@@ -81,6 +81,9 @@ class TrainConfig:
     batch_size: int = _f(128, lo=1, hi=65_536)  # d2l: 128
     seed: int = _f(0, lo=0)  # weight init, batch order, augmentation
     device: str = _f("auto", choices=("auto", "cpu", "cuda"))
+    # auto = bf16 autocast on CUDA and on CPUs with AMX or AVX512-BF16, else fp32; weights,
+    # optimizer state and the loss stay fp32 (train.resolve_precision)
+    precision: str = _f("auto", choices=("auto", "fp32", "bf16"))
     compile: bool = _f(False)  # torch.compile the model (CUDA only)
 
 
@@ -110,6 +113,18 @@ SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)}
 PROFILES: dict[str, dict[str, Any]] = {
     "d2l": {"data.resize": 224, "data.train_subset": 0, "train.epochs": 10},
     "quick": {"data.resize": 96, "data.train_subset": 10_000, "train.epochs": 2},
+    # converged results on a 2-core CPU (README "Profiles"; benchmarks/RESULTS.md "cpu profile")
+    "cpu": {
+        "model.preset": "lin2013",  # the paper's model at native 28 px: 96x7x7 into its last block
+        "model.width": 0.5,
+        "model.batch_norm": True,  # the plain NiN sits at ln 10 for hundreds of steps
+        "data.resize": 0,
+        "data.train_subset": 0,
+        "train.optimizer": "adamw",
+        "train.lr": 0.005,
+        "train.schedule": "onecycle",
+        "train.epochs": 4,
+    },
 }
 
 
@@ -247,11 +262,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def resolve_profile(profile: str | None, cuda: bool) -> str | None:
-    """'auto' -> 'd2l' on CUDA, 'quick' otherwise; None stays None (the plain defaults)."""
+    """'auto' -> 'd2l' on CUDA, 'cpu' otherwise; None stays None (the plain defaults)."""
     if profile is None:
         return None
     if profile == "auto":
-        return "d2l" if cuda else "quick"
+        return "d2l" if cuda else "cpu"
     if profile not in PROFILES:
         raise ConfigError(f"--profile {profile!r}: expected auto, {', '.join(PROFILES)}")
     return profile

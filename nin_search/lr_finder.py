@@ -30,7 +30,7 @@ from torch import nn
 from nin_search.config import Config, LRFinderConfig
 from nin_search.data import Data, batches
 from nin_search.model import build_model
-from nin_search.train import _autocast, make_optimizer, tqdm, train_step
+from nin_search.train import autocast, make_optimizer, resolve_precision, tqdm, train_step
 
 MIN_POINTS = 5  # fewer points left after trimming: the curve diverged at once
 MIN_DROP = 0.02  # a curve whose loss never falls 2% below its start "never falls"
@@ -111,6 +111,7 @@ def range_test(
     val: tuple | None = None,
     gen: torch.Generator | None = None,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> Curve:
     """Run the sweep on (model, opt) and put both back exactly as they were.
 
@@ -129,10 +130,10 @@ def range_test(
                 group["lr"] = lr
             model.train()
             xb, yb = next(stream)
-            _, loss = train_step(model, opt, criterion, xb, yb, device)
+            _, loss = train_step(model, opt, criterion, xb, yb, device, precision)
             if val is not None:
                 model.eval()
-                with torch.no_grad(), _autocast(device):
+                with torch.no_grad(), autocast(device, precision):
                     loss = criterion(model(val[0]).float(), val[1])
             value = loss.item()  # one sync per step: the test is 100 steps, not a hot loop
             avg = c.beta * avg + (1 - c.beta) * value
@@ -242,7 +243,8 @@ def find_lr(cfg: Config, data: Data, progress: bool = False) -> Finding:
     if cfg.lr_finder.use_val:
         n = min(cfg.lr_finder.val_images, len(data.val_x))
         val = next(batches(data.val_x[:n], data.val_y[:n], n, data.cfg))
+    precision = resolve_precision(cfg.train.precision, device)
     curve = range_test(
-        model, opt, _stream(data, cfg, gen), cfg.lr_finder, crit, val, gen, progress
+        model, opt, _stream(data, cfg, gen), cfg.lr_finder, crit, val, gen, progress, precision
     )
     return suggest(curve, cfg.lr_finder.num_iter)

@@ -25,7 +25,7 @@ from nin_search.data import load_data
 from nin_search.lr_finder import Finding, find_lr
 from nin_search.plots import lr_finder_curve, training_curves
 from nin_search.tracking import experiment_id, mask, run_tags, setup_tracking, ui_command
-from nin_search.train import evaluate, fit, resolve_device
+from nin_search.train import evaluate, fit, resolve_device, resolved
 
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "img_per_s", "epoch_time_s")
 
@@ -46,6 +46,7 @@ def train_run(
 ) -> int:
     """Train cfg once, tracked in MLflow; returns the exit code (0 done, 1 diverged)."""
     device = resolve_device(cfg.train.device)
+    cfg = resolved(cfg, device)  # train.precision as it runs: bf16 or fp32
     summary = summarize(cfg)  # validates the input size before any data is read
     uri = setup_tracking()
     exp_id = experiment_id(experiment)
@@ -54,7 +55,8 @@ def train_run(
         print(profile_note)
     print(
         f"data: {cfg.data.dataset} from {data.source}: {len(data.train_x):,} train / "
-        f"{len(data.val_x):,} val images at {data.input_size} px on {device}"
+        f"{len(data.val_x):,} val images at {data.input_size} px on {device}, "
+        f"{cfg.train.precision} (train.precision)"
     )
     t = summary["totals"]
     print(f"model: {cfg.model.preset}, {t['params']:,} params, {t['macs']:,} MACs per image")
@@ -83,7 +85,7 @@ def train_run(
             mlflow.set_tags({"nin.diverged_epoch": epoch, "nin.diverged_step": step})
             print(f"diverged: {result.reason}")
         elif final_eval:
-            loss, acc = evaluate(result.model, data.test_x, data.test_y, data)
+            loss, acc = evaluate(result.model, data.test_x, data.test_y, data, cfg.train.precision)
             mlflow.log_metrics({"test_loss": loss, "test_acc": acc})
             print(
                 f"final evaluation on the test set (never used for tuning): "
@@ -125,6 +127,7 @@ FINDER_KEYS = (
     "train.weight_decay",
     "train.batch_size",
     "train.label_smoothing",
+    "train.precision",
     "lr_finder.",
 )
 
@@ -155,6 +158,7 @@ def lr_finder_run(
     """The LR range test, written to <out>/lr_finder.{json,html} and one MLflow run."""
     say = (lambda *a: None) if quiet else print
     device = resolve_device(cfg.train.device)
+    cfg = resolved(cfg, device)
     summarize(cfg)  # validates the input size before any data is read
     uri = setup_tracking()
     exp_id = experiment_id(experiment)
@@ -170,7 +174,8 @@ def lr_finder_run(
     c = cfg.lr_finder
     say(
         f"lr-finder: {cfg.model.preset}, {cfg.train.optimizer}, {c.mode} sweep from "
-        f"{c.start_lr:g} to {c.end_lr:g} over {c.num_iter} steps of {cfg.train.batch_size}"
+        f"{c.start_lr:g} to {c.end_lr:g} over {c.num_iter} steps of {cfg.train.batch_size}, "
+        f"{cfg.train.precision}"
     )
     tags = run_tags(cfg, str(device)) | {
         "nin.command": "lr-finder",
@@ -229,6 +234,7 @@ def lr_range_from_finder(
 
     This is what a study's `"train.lr" = { from_lr_finder = true }` resolves to.
     """
+    cfg = resolved(cfg)  # the key holds the precision the finder ran at, not 'auto'
     setup_tracking()
     key = finder_key(cfg)
     runs = mlflow.search_runs(

@@ -33,7 +33,7 @@ from nin_search.model import check_input_size
 from nin_search.storage import directory_lock, open_storage
 from nin_search.study import OBJECTIVES, Param, Study, grid, with_params
 from nin_search.tracking import experiment_id, mask, run_tags, setup_tracking, ui_command
-from nin_search.train import evaluate, fit, resolve_device
+from nin_search.train import evaluate, fit, resolve_device, resolved
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MLFLOW_STATUS = {
@@ -256,6 +256,7 @@ def make_objective(
         reason, cfg = "", None
         try:
             cfg = with_params(study, values, f"{study.path}: trial {trial.number}")
+            cfg = resolved(cfg)  # train.precision as it runs, in the params and the fit
             check_input_size(cfg.model, cfg.data.resize or 28)
             size = summarize(cfg)["totals"]
         except ConfigError as e:
@@ -323,7 +324,9 @@ def make_objective(
             value = reduce([h[metric] for h in result.history])
             mlflow.log_metric(f"objective_{study.objective}", value)
             if study.final_eval:  # reported, never used for tuning or pruning
-                loss, acc = evaluate(result.model, data.test_x, data.test_y, data)
+                loss, acc = evaluate(
+                    result.model, data.test_x, data.test_y, data, cfg.train.precision
+                )
                 mlflow.log_metrics({"test_loss": loss, "test_acc": acc})
                 trial.set_user_attr("test_acc", acc)
             return value
@@ -490,9 +493,11 @@ def run_sweep(
             now_spec["seeds"] = list(dict.fromkeys(before_spec["seeds"] + study.seeds))
         ostudy.set_user_attr("nin_spec", now_spec)
         unit = "cells" if study.arms else "trials"
+        precision = resolved(study.base_config()).train.precision
         print(
             f"study {study.name!r} at {mask(url)}: {done} of {target} {unit} finished; "
-            f"MLflow experiment {study.name!r}, parent run {parent}"
+            f"MLflow experiment {study.name!r}, parent run {parent}; "
+            f"{precision} (train.precision)"
         )
     if done >= target:
         if not worker:

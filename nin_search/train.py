@@ -11,6 +11,7 @@ the run early (a pruned trial), or None to go on. A non-finite loss stops the ru
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from nin_search.config import Config, TrainConfig
+from nin_search.config import Config, ConfigError, TrainConfig
 from nin_search.data import Data, batches
 from nin_search.model import build_model
 
@@ -40,6 +41,7 @@ class FitResult:
     diverged_at: tuple[int, int] | None = None  # (epoch, step within the epoch), 1-based
     model: nn.Module | None = None
     device: str = "cpu"
+    precision: str = "fp32"  # the resolved train.precision it trained at
 
     @property
     def best_val_acc(self) -> float:
@@ -57,10 +59,52 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from nin_search.config import ConfigError
-
         raise ConfigError("train.device = 'cuda': no CUDA device is available here; use 'auto'")
     return torch.device(name)
+
+
+def cpu_bf16_units() -> list[str]:
+    """The CPU's native bf16 matrix units as torch sees them: AMX and/or AVX512-BF16.
+
+    oneDNN runs bf16 convolutions on these 2-3.5x faster than fp32 (benchmarks/RESULTS.md);
+    without them bf16 is emulated and slower than fp32. A seam: tests replace it."""
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return [name for name in ("amx_bf16", "avx512_bf16") if caps.get(name)]
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"this CPU ({torch.backends.cpu.get_cpu_capability()}, no AMX or AVX512-BF16)"
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """train.precision -> 'bf16' or 'fp32' for this device.
+
+    auto: bf16 autocast on CUDA and on CPUs with native bf16 units, fp32 elsewhere. Weights,
+    optimizer state and the loss stay fp32 either way; only the convolutions' inputs and
+    outputs are bf16. bf16 asked for on a device without bf16 units is a ConfigError."""
+    if name == "fp32":
+        return "fp32"
+    has = torch.cuda.is_bf16_supported() if device.type == "cuda" else bool(cpu_bf16_units())
+    if name == "bf16" and not has:
+        raise ConfigError(
+            f"train.precision = 'bf16': {_device_name(device)} has no bf16 units; "
+            "use 'auto' or 'fp32'"
+        )
+    return "bf16" if has else "fp32"
+
+
+def resolved(cfg: Config, device: torch.device | None = None) -> Config:
+    """cfg with train.precision resolved for its device: what runs is what gets logged."""
+    device = device or resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast when precision is 'bf16' (no loss scaling needed), a no-op for 'fp32'."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def make_optimizer(t: TrainConfig, params) -> torch.optim.Optimizer:
@@ -100,29 +144,24 @@ def make_schedule(t: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: i
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: Data
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: Data, precision: str = "fp32"
 ) -> tuple[float, float]:
-    """(mean loss, accuracy) over (x, y); one host sync at the end."""
+    """(mean loss, accuracy) over (x, y) at the given resolved precision; one host sync."""
     model.eval()
     loss = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
     for xb, yb in batches(x, y, EVAL_BATCH.get(x.device.type, 1024), data.cfg):
-        with _autocast(x.device):
+        with autocast(x.device, precision):
             logits = model(xb).float()
         loss += nn.functional.cross_entropy(logits, yb, reduction="sum")
         correct += (logits.argmax(1) == yb).sum()
     return loss.item() / len(x), correct.item() / len(x)
 
 
-def _autocast(device: torch.device):
-    # bf16 on CUDA (no loss scaling needed); plain fp32 on the CPU
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-def train_step(model, opt, criterion, xb, yb, device: torch.device):
-    """One optimizer step on a batch: forward (bf16 autocast on CUDA), loss in fp32, backward,
-    step. Returns the logits and the loss, both still on the device (no host sync)."""
-    with _autocast(device):
+def train_step(model, opt, criterion, xb, yb, device: torch.device, precision: str = "fp32"):
+    """One optimizer step on a batch: forward (in bf16 autocast when precision is 'bf16'), loss
+    in fp32, backward, step. Returns the logits and the loss, still on the device (no sync)."""
+    with autocast(device, precision):
         logits = model(xb)
     loss = criterion(logits.float(), yb)
     opt.zero_grad(set_to_none=True)
@@ -146,6 +185,7 @@ def fit(
     t = cfg.train
     device = data.train_x.device
     cuda = device.type == "cuda"
+    precision = resolve_precision(t.precision, device)
     torch.manual_seed(t.seed)  # weight init and dropout
     gen = torch.Generator(device=device).manual_seed(t.seed)  # batch order and augmentation
     # channels_last on both devices: cuDNN's and oneDNN's fastest convolutions for this network
@@ -160,7 +200,7 @@ def fit(
     sched = make_schedule(t, opt, steps)
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     check_every = CUDA_CHECK_EVERY if cuda else 1  # on the CPU a check costs nothing
-    result = FitResult("completed", model=model, device=str(device))
+    result = FitResult("completed", model=model, device=str(device), precision=precision)
 
     for epoch in range(1, t.epochs + 1):
         if cuda:
@@ -186,7 +226,7 @@ def fit(
                 train=True,
             )
         ):
-            logits, loss = train_step(step_model, opt, criterion, xb, yb, device)
+            logits, loss = train_step(step_model, opt, criterion, xb, yb, device, precision)
             sched.step()
             losses[i] = loss.detach()
             correct += (logits.argmax(1) == yb).sum()
@@ -205,7 +245,7 @@ def fit(
             break
         _sync(device)
         train_time = time.perf_counter() - start
-        val_loss, val_acc = evaluate(step_model, data.val_x, data.val_y, data)
+        val_loss, val_acc = evaluate(step_model, data.val_x, data.val_y, data, precision)
         if not math.isfinite(val_loss):  # the epoch's last update overflowed the weights
             lr = opt.param_groups[0]["lr"]
             result.diverge(epoch, steps, lr, "the validation loss after its update; ")

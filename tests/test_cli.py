@@ -10,8 +10,10 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 
 from nin_search.config import ConfigError
+from nin_search.train import resolve_precision
 
 TINY = """
 [model]
@@ -70,6 +72,10 @@ def test_train_logs_params_and_per_epoch_metrics_to_the_default_store(tiny: Path
     assert run["params.train.lr"] == "0.003"
     assert run["params.model.preset"] == "lin2013"
     assert run["params.model.width"] == "0.125"
+    # the precision that ran, resolved for this CPU, never 'auto'; the header says it too
+    precision = resolve_precision("auto", torch.device("cpu"))
+    assert run["params.train.precision"] == precision
+    assert f"{precision} (train.precision)" in res.stdout
     assert run["params.data.val_size"] == "40"
     assert run["params.train.momentum"] == "0.0"  # defaults are logged too
     assert run["tags.nin.config_hash"] and run["tags.nin.device"] == "cpu"
@@ -109,8 +115,8 @@ def test_auto_profile_says_which_profile_it_picked(tiny: Path):
         cwd=tiny,
     )
     assert res.returncode == 0, res.stderr
-    # no CUDA here, so auto picks quick and says so; the file and --set win over the profile
-    assert "profile: quick (auto: no CUDA device)" in res.stdout
+    # no CUDA here, so auto picks cpu and says so; the file and --set win over the profile
+    assert "profile: cpu (auto: no CUDA device" in res.stdout
     assert "120 train / 40 val images at 28 px" in res.stdout
     assert "epoch   1/1" in res.stdout
 

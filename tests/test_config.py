@@ -117,12 +117,23 @@ def test_toml_dotted_keys_are_read(tmp_path):
     assert cfg.train.lr == 0.1
 
 
-def test_auto_profile_is_quick_on_cpu_and_d2l_on_cuda():
-    # without CUDA the auto profile is the quick one, with CUDA the full d2l run
+def test_auto_profile_is_cpu_on_cpu_and_d2l_on_cuda():
+    # without CUDA the auto profile is the converging cpu one, with CUDA the full d2l run
     assert (resolve_profile("auto", cuda=False), resolve_profile("auto", cuda=True)) == (
-        "quick",
+        "cpu",
         "d2l",
     )
+
+
+def test_cpu_profile_keeps_the_final_block_spatial_on_all_the_data():
+    from nin_search.accounting import summarize
+
+    cfg = load_config(profile="cpu")
+    # all training images, BatchNorm, and a final block that still sees a map of >= 3x3
+    assert cfg.data.train_subset == 0 and cfg.model.batch_norm
+    rows = summarize(cfg)["layers"]
+    entering = rows[next(i for i, r in enumerate(rows) if r["layer"] == "final.conv") - 1]
+    assert entering["output_shape"] == [96, 7, 7]
 
 
 def test_unknown_profile_is_a_config_error():
