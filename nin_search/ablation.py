@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nin_search.config import ConfigError
 from nin_search.model import check_input_size
 from nin_search.storage import directory_lock
-from nin_search.study import Study, with_params
+from nin_search.study import Study, spec, with_params
 from nin_search.train import resolved
 
 TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -147,3 +147,26 @@ def cell_frame(spec: dict, ostudy: optuna.Study) -> pd.DataFrame:
 
 
 __all__ = ["CellSampler", "free_cells", "has_cell", "check_arms", "cell_frame"]
+
+
+def check_same_ablation(study: Study, before: dict | None) -> None:
+    """An ablation resumed with other arms or shared settings would mix incomparable runs."""
+    if not study.arms or not before:
+        return
+    now = spec(study)
+    changed = [
+        f"{k}: {before['base'].get(k)!r} -> {v!r}"
+        for k, v in now["base"].items()
+        if k != "train.seed" and before["base"].get(k) != v
+    ]
+    if before.get("objective") != now["objective"]:
+        changed.insert(0, f"objective: {before.get('objective')!r} -> {now['objective']!r}")
+    if now["final_eval"] and not before.get("final_eval") and before["seeds"]:
+        changed.insert(0, "--final-eval: its first cells ran without a test evaluation")
+    if before["arms"] != now["arms"]:
+        changed.insert(0, f"arms: {before['arms']} -> {now['arms']}")
+    if changed:
+        raise ConfigError(
+            f"{study.path}: ablation {study.name!r} was started with other settings "
+            f"({'; '.join(changed)[:500]}); rename it (name = ...) to start a new one"
+        )

@@ -23,6 +23,7 @@ the key and the value. Standard library only.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ from nin_search.config import (
     apply,
     check_value,
     fields_by_name,
+    flatten,
     flatten_toml,
     read_toml,
 )
@@ -331,3 +333,18 @@ def grid(study: Study) -> dict[str, list[Any]]:
 
 
 __all__ = ["Param", "Study", "load_study", "load_ablation", "with_params", "grid", "OBJECTIVES"]
+
+
+def spec(study: Study) -> dict[str, Any]:
+    """What `report NAME` needs without the study file, kept on the Optuna study."""
+    return {
+        "kind": study.kind,
+        "path": study.path,
+        "objective": study.objective,
+        "base": flatten(study.base_config()),
+        "params": {k: dataclasses.asdict(p) for k, p in study.params.items()},
+        "arms": study.arms,
+        "baseline": study.baseline,
+        "seeds": study.seeds,
+        "final_eval": study.final_eval,
+    }

@@ -10,47 +10,34 @@ has its trial failed after the grace period, retried once, and its MLflow run en
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from nin_search.accounting import summarize
+from nin_search.ablation import check_same_ablation
 from nin_search.config import ConfigError, flatten
-from nin_search.data import Data, load_data
-from nin_search.model import check_input_size
 from nin_search.storage import directory_lock, open_storage
-from nin_search.study import OBJECTIVES, Param, Study, grid, with_params
-from nin_search.tracking import experiment_id, mask, run_tags, setup_tracking, ui_command
-from nin_search.train import evaluate, fit, resolve_device, resolved
+from nin_search.study import OBJECTIVES, Study, grid, spec
+from nin_search.tracking import experiment_id, mask, setup_tracking, ui_command
+from nin_search.train import resolved
+from nin_search.trial import (
+    DataCache,
+    TrialRejected,
+    check_ctrl_c,
+    deferred_ctrl_c,
+    make_objective,
+)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-MLFLOW_STATUS = {
-    "complete": "FINISHED",
-    "pruned": "FINISHED",
-    "diverged": "FAILED",
-    "failed": "FAILED",
-    "interrupted": "KILLED",
-}
-
-
-_ctrl_c = threading.Event()  # Ctrl-C was pressed while run_worker ran trials
-_training = threading.Event()  # inside fit's compute, where a KeyboardInterrupt is harmless
-
-
-class TrialRejected(Exception):
-    """A sampled config the network cannot take: the trial fails with the reason, untrained."""
 
 
 def _args(spec: dict) -> dict:
@@ -97,16 +84,6 @@ def make_pruner(study: Study) -> optuna.pruners.BasePruner:
         }[spec["type"]](**args)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{study.path}: [pruner] {spec['type']}: {e}") from None
-
-
-def _sample(trial: optuna.Trial, p: Param, lr_range: tuple[float, float] | None) -> Any:
-    if p.kind == "categorical":
-        return trial.suggest_categorical(p.name, p.choices)
-    if p.kind == "int":
-        return trial.suggest_int(p.name, p.low, p.high, step=p.step or 1, log=p.log)
-    if p.kind == "lr_finder":
-        return trial.suggest_float(p.name, *lr_range, log=True)
-    return trial.suggest_float(p.name, float(p.low), float(p.high), step=p.step, log=p.log)
 
 
 def open_study(study: Study, url: str) -> optuna.Study:
@@ -177,219 +154,6 @@ def _open(study: Study, url: str, worker: bool = False) -> tuple[optuna.Study, s
         return ostudy, exp_id, parent_run(ostudy, study, exp_id)
 
 
-def _on_ctrl_c(signum, frame) -> None:
-    _ctrl_c.set()
-    if _training.is_set():
-        raise KeyboardInterrupt
-
-
-def _check_ctrl_c() -> None:
-    if _ctrl_c.is_set():
-        raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _deferred_ctrl_c():
-    """Ctrl-C interrupts at once while fit computes; anywhere else it waits for the next safe
-    point. One raised in the middle of an SQLite write leaves the store locked (ending the run
-    then fails: 'database is locked'), and Python drops one raised inside a finalizer
-    (SQLAlchemy's weakref callbacks)."""
-    _ctrl_c.clear()
-    _training.clear()
-    default = signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    if not default or threading.current_thread() is not threading.main_thread():
-        yield  # ignored (nohup), another handler, or not ours to change: leave it
-        return
-    signal.signal(signal.SIGINT, _on_ctrl_c)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        _training.clear()
-    _check_ctrl_c()  # pressed while the last trial was being logged: still an interrupt
-
-
-class _DataCache:
-    """One copy of the data per process, per split-defining setting."""
-
-    def __init__(self) -> None:
-        self.loaded: dict[tuple, Data] = {}
-
-    def get(self, cfg, with_test: bool = False) -> Data:
-        d = cfg.data
-        key = (d.dataset, d.data_dir, d.val_size, d.split_seed, d.train_subset, cfg.train.device)
-        key += (with_test,)
-        if key not in self.loaded:
-            self.loaded[key] = load_data(d, resolve_device(cfg.train.device), with_test)
-        return dataclasses.replace(self.loaded[key], cfg=d)  # resize and augment per trial
-
-
-def make_objective(
-    study: Study,
-    exp_id: str,
-    parent: str,
-    lr_range,
-    cache: _DataCache,
-    extra_tags: dict | None = None,
-):
-    metric, _, reduce = OBJECTIVES[study.objective]
-
-    def objective(trial: optuna.Trial) -> float:
-        if study.arms:
-            from nin_search.ablation import has_cell
-
-            if not has_cell(trial):
-                reason = "no free cell: the others are finished or running elsewhere"
-                trial.set_user_attr("fail_reason", reason)
-                raise TrialRejected(reason)
-        values = {name: _sample(trial, p, lr_range) for name, p in study.params.items()}
-        tags = {
-            "mlflow.parentRunId": parent,
-            "nin.study": study.name,
-            "nin.trial": str(trial.number),
-        } | (extra_tags or {})
-        run_name = f"{study.name} trial {trial.number}"
-        if "arm" in values:  # an ablation cell: the MLflow UI compares arms by these
-            arm, seed = values["arm"], values["train.seed"]
-            tags |= {"nin.arm": arm, "nin.seed": str(seed)}
-            run_name = f"{arm} seed {seed}"
-        reason, cfg = "", None
-        try:
-            cfg = with_params(study, values, f"{study.path}: trial {trial.number}")
-            cfg = resolved(cfg)  # train.precision as it runs, in the params and the fit
-            check_input_size(cfg.model, cfg.data.resize or 28)
-            size = summarize(cfg)["totals"]
-        except ConfigError as e:
-            reason = str(e)
-        setup = time.perf_counter()  # tracking overhead: the run's setup and every epoch's log
-        run = mlflow.start_run(
-            experiment_id=exp_id,
-            run_name=run_name,
-            tags=tags | (run_tags(cfg, str(resolve_device(cfg.train.device))) if cfg else {}),
-        )
-        trial.set_user_attr("mlflow_run_id", run.info.run_id)
-        state = "failed"
-        try:
-            mlflow.log_params(flatten(cfg) if cfg else {k: v for k, v in values.items()})
-            setup = time.perf_counter() - setup
-            if reason:
-                trial.set_user_attr("fail_reason", reason)
-                mlflow.set_tag("nin.reason", reason[:5000])
-                raise TrialRejected(reason)
-            trial.set_user_attr("params", size["params"])
-            trial.set_user_attr("macs", size["macs"])
-            mlflow.log_metrics({"model_params": size["params"], "model_macs": size["macs"]})
-            overhead = []
-
-            def on_epoch(m: dict) -> str | None:
-                _training.clear()  # a Ctrl-C waits until this epoch is logged
-                start = time.perf_counter()
-                mlflow.log_metrics({k: v for k, v in m.items() if k != "epoch"}, step=m["epoch"])
-                trial.report(m[metric], m["epoch"])
-                prune = trial.should_prune()
-                overhead.append((time.perf_counter() - start, m["epoch_time_s"]))
-                _training.set()
-                _check_ctrl_c()
-                return f"pruned at epoch {m['epoch']}" if prune else None
-
-            try:
-                _training.set()
-                _check_ctrl_c()  # pressed while the trial was being set up
-                data = cache.get(cfg, with_test=study.final_eval)
-                result = fit(cfg, data, on_epoch)
-            except torch.cuda.OutOfMemoryError as e:  # this config does not fit: fail it, go on
-                reason = f"out of memory: {str(e).splitlines()[0][:300]}"
-                trial.set_user_attr("fail_reason", reason)
-                mlflow.set_tag("nin.reason", reason)
-                raise TrialRejected(reason) from None
-            finally:
-                _training.clear()
-            _record(trial, result.history)
-            trial.set_user_attr("tracking_s", setup + sum(o for o, _ in overhead))
-            trial.set_user_attr("epoch_s", sum(e for _, e in overhead))
-            if result.status == "diverged":
-                state = "diverged"
-                epoch, step = result.diverged_at
-                trial.set_user_attr("pruned_epoch", epoch)
-                trial.set_user_attr("reason", result.reason)
-                mlflow.set_tags({"nin.pruned_epoch": epoch, "nin.reason": result.reason})
-                raise optuna.TrialPruned(result.reason)
-            if result.status == "stopped":
-                state = "pruned"
-                epoch = result.history[-1]["epoch"]
-                trial.set_user_attr("pruned_epoch", epoch)
-                mlflow.set_tag("nin.pruned_epoch", epoch)
-                raise optuna.TrialPruned(result.reason)
-            state = "complete"
-            value = reduce([h[metric] for h in result.history])
-            mlflow.log_metric(f"objective_{study.objective}", value)
-            if study.final_eval:  # reported, never used for tuning or pruning
-                loss, acc = evaluate(
-                    result.model, data.test_x, data.test_y, data, cfg.train.precision
-                )
-                mlflow.log_metrics({"test_loss": loss, "test_acc": acc})
-                trial.set_user_attr("test_acc", acc)
-            return value
-        except KeyboardInterrupt:
-            state = "interrupted"
-            raise
-        finally:
-            mlflow.set_tag("nin.state", state)
-            mlflow.end_run(MLFLOW_STATUS[state])
-
-    return objective
-
-
-def _record(trial: optuna.Trial, history: list[dict]) -> None:
-    """What reports need from a trial, kept on the Optuna trial itself."""
-    trial.set_user_attr("epochs", len(history))
-    if not history:
-        return
-    trial.set_user_attr("val_acc", [h["val_acc"] for h in history])
-    for key in ("img_per_s", "epoch_time_s"):
-        trial.set_user_attr(key, sum(h[key] for h in history) / len(history))
-    if "peak_mem_mib" in history[0]:
-        trial.set_user_attr("peak_mem_mib", max(h["peak_mem_mib"] for h in history))
-
-
-def spec(study: Study) -> dict[str, Any]:
-    """What `report NAME` needs without the study file, kept on the Optuna study."""
-    return {
-        "kind": study.kind,
-        "path": study.path,
-        "objective": study.objective,
-        "base": flatten(study.base_config()),
-        "params": {k: dataclasses.asdict(p) for k, p in study.params.items()},
-        "arms": study.arms,
-        "baseline": study.baseline,
-        "seeds": study.seeds,
-        "final_eval": study.final_eval,
-    }
-
-
-def _same_ablation(study: Study, before: dict | None) -> None:
-    """An ablation resumed with other arms or shared settings would mix incomparable runs."""
-    if not study.arms or not before:
-        return
-    now = spec(study)
-    changed = [
-        f"{k}: {before['base'].get(k)!r} -> {v!r}"
-        for k, v in now["base"].items()
-        if k != "train.seed" and before["base"].get(k) != v
-    ]
-    if before.get("objective") != now["objective"]:
-        changed.insert(0, f"objective: {before.get('objective')!r} -> {now['objective']!r}")
-    if now["final_eval"] and not before.get("final_eval") and before["seeds"]:
-        changed.insert(0, "--final-eval: its first cells ran without a test evaluation")
-    if before["arms"] != now["arms"]:
-        changed.insert(0, f"arms: {before['arms']} -> {now['arms']}")
-    if changed:
-        raise ConfigError(
-            f"{study.path}: ablation {study.name!r} was started with other settings "
-            f"({'; '.join(changed)[:500]}); rename it (name = ...) to start a new one"
-        )
-
-
 def finished(study: Study, ostudy: optuna.Study) -> int:
     """Finished trials; for an ablation, the cells of its grid with a finished trial."""
     trials = ostudy.get_trials(deepcopy=False, states=FINISHED)
@@ -443,13 +207,13 @@ def run_worker(
 
         if not free_cells(ostudy, study.cells()):  # the rest is running in other workers
             return 0
-    objective = make_objective(study, exp_id, parent, lr_range, _DataCache(), extra_tags)
+    objective = make_objective(study, exp_id, parent, lr_range, DataCache(), extra_tags)
 
     def enough(s: optuna.Study, _t: FrozenTrial) -> None:
         if finished(study, s) >= target:
             s.stop()
 
-    with _deferred_ctrl_c():
+    with deferred_ctrl_c():
         ostudy.optimize(
             objective,
             n_trials=3 * target,
@@ -458,7 +222,7 @@ def run_worker(
             callbacks=[
                 enough,
                 lambda s, t: _report_trial(study, s, t),
-                lambda s, t: _check_ctrl_c(),  # pressed between trials: start no other
+                lambda s, t: check_ctrl_c(),  # pressed between trials: start no other
             ],
         )
     return 0
@@ -487,7 +251,7 @@ def run_sweep(
     if study.arms and before_spec and before_spec.get("final_eval"):
         study.final_eval = True  # started with --final-eval: every later cell is tested too
     if not worker:
-        _same_ablation(study, before_spec)
+        check_same_ablation(study, before_spec)
         now_spec = spec(study)
         if before_spec and study.arms:  # the report covers every seed ever asked for
             now_spec["seeds"] = list(dict.fromkeys(before_spec["seeds"] + study.seeds))
@@ -532,7 +296,6 @@ def run_sweep(
 
 def _spawn(workers: int, argv_tail: list[str]) -> int:
     """K worker processes of this same command; each gets its own GPU when there are several."""
-    import torch
 
     gpus = torch.cuda.device_count()
     procs = []
