@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import plotly.graph_objects as go
 from plotly.colors import DEFAULT_PLOTLY_COLORS as DEFAULT_COLORS
 from plotly.subplots import make_subplots
@@ -30,21 +32,44 @@ def training_curves(history: list[dict], title: str = "") -> go.Figure:
 
 
 def lr_finder_curve(finding, title: str = "LR range test") -> go.Figure:
-    """Loss and smoothed loss against lr on a log axis, with the suggestions marked."""
+    """Raw, causal-EMA and zero-phase loss against lr on a log axis, the suggestions marked on
+    the curve the rules read (lr_finder.smoothing), the recommended one (lr_finder.rule) larger."""
     c = finding.curve
     fig = go.Figure()
+    for i, run in enumerate(c.runs):  # each repeat's raw loss; c.losses is their median
+        fig.add_trace(
+            go.Scatter(
+                x=c.lrs,
+                y=run,
+                name=f"repeat {i + 1}",
+                mode="lines",
+                line={"color": "gainsboro", "width": 1},
+                legendgroup="repeats",
+                showlegend=i == 0,
+            )
+        )
+    raw = "median loss" if c.runs else "loss"
     fig.add_trace(
-        go.Scatter(x=c.lrs, y=c.losses, name="loss", mode="lines", line={"color": "lightgray"})
+        go.Scatter(x=c.lrs, y=c.losses, name=raw, mode="lines", line={"color": "darkgray"})
     )
-    fig.add_trace(go.Scatter(x=c.lrs, y=c.smoothed, name="smoothed loss", mode="lines"))
+    for name, ys, key in (
+        ("causal EMA (fastai, lags)", c.smoothed, "ema"),
+        ("zero-phase (no lag)", finding.zero_phase, "zero-phase"),
+    ):
+        used = " - rules read this" if key == finding.smoothing else ""
+        dash = "solid" if used else "dot"
+        fig.add_trace(
+            go.Scatter(x=c.lrs, y=ys, name=name + used, mode="lines", line={"dash": dash})
+        )
     for name, (lr, loss) in finding.suggestion_points.items():
+        big = name == finding.rule
         fig.add_trace(
             go.Scatter(
                 x=[lr],
                 y=[loss],
-                name=f"{name} {lr:.2e}",
+                name=f"{name} {lr:.2e}" + (" (recommended)" if big else ""),
                 mode="markers",
-                marker={"size": 11, "symbol": "diamond"},
+                marker={"size": 16 if big else 10, "symbol": "diamond"},
             )
         )
     if finding.recommended_range:
@@ -60,7 +85,12 @@ def lr_finder_curve(finding, title: str = "LR range test") -> go.Figure:
         )
     fig.update_xaxes(type="log", title_text="learning rate")
     fig.update_yaxes(title_text="training loss" if "val" not in title else "validation loss")
-    fig.update_layout(title=f"{title}: {finding.message}", template="plotly_white")
+    subtitle = f"lr_finder.rule = {finding.rule}, lr_finder.smoothing = {finding.smoothing}"
+    fig.update_layout(
+        title="<br>".join(textwrap.wrap(f"{title}: {finding.message}", 120))
+        + f"<br><sup>{subtitle}</sup>",
+        template="plotly_white",
+    )
     return fig
 
 
@@ -163,4 +193,31 @@ def arm_curves(cells, title: str = "") -> go.Figure:
     fig.update_xaxes(title_text="epoch", dtick=1)
     fig.update_yaxes(title_text="val_acc (mean +- 1 sd over seeds)")
     fig.update_layout(title=title or "validation accuracy per epoch", template="plotly_white")
+    return fig
+
+
+def confusion_matrix(counts: list[list[int]], classes, title: str = "") -> go.Figure:
+    """Counts and row-normalised rates (each true class sums to 1) side by side."""
+    names = list(classes)
+    rates = [[c / max(1, sum(row)) for c in row] for row in counts]
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("counts", "row-normalised"), horizontal_spacing=0.18
+    )
+    for col, (z, fmt) in enumerate(((counts, "%{z}"), (rates, "%{z:.2f}")), start=1):
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                x=names,
+                y=names,
+                colorscale="Blues",
+                showscale=False,
+                texttemplate=fmt,
+                hovertemplate=f"true %{{y}}<br>predicted %{{x}}<br>{fmt}<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
+        fig.update_xaxes(title_text="predicted", row=1, col=col)
+        fig.update_yaxes(title_text="true", autorange="reversed", row=1, col=col)
+    fig.update_layout(title=title, template="plotly_white", height=620, width=1300)
     return fig

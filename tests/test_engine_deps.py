@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
+BENCH = Path(__file__).parents[1] / "benchmarks" / "lr_finder_regret.py"
 BLOCKED = ("optuna", "mlflow", "pandas", "plotly", "tqdm", "sqlalchemy", "scipy")
 
 
@@ -39,3 +41,21 @@ def test_engine_trains_with_only_torch_importable():
     assert res.returncode == 0, res.stderr
     # the model, data, training, accounting and lr-finder code ran, and nothing else was loaded
     assert res.stdout.splitlines() == ["completed True True", "[]"]
+
+
+def test_lr_finder_regret_benchmark_imports_only_torch_and_the_engine():
+    script = textwrap.dedent(f"""
+        import runpy, sys
+
+        for name in {BLOCKED!r}:
+            sys.modules[name] = None
+        runpy.run_path({str(BENCH)!r}, run_name="not_main")
+        print(sorted(m for m in sys.modules if m.split(".")[0] in {BLOCKED!r}
+                     and sys.modules[m] is not None))
+    """)
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    # the benchmark runs on a GPU machine that has torch alone
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["[]"]

@@ -1,0 +1,237 @@
+"""Does the lr-finder's lr train as well as a grid search's best? Regret per rule (issue 11).
+
+    .venv/bin/python benchmarks/lr_finder_regret.py            # the full run: ~11 h on 2 cores
+    .venv/bin/python benchmarks/lr_finder_regret.py --configs adamw/lin2013 --seeds 1 \
+        --grid-points 3 --epochs 1 --set data.train_subset=1000   # a smoke run, ~1 minute
+
+Six configurations on the `cpu` profile (real Fashion-MNIST): SGD, SGD with momentum 0.9 and AdamW,
+each on the profile's model (lin2013 at 28 px, width 0.5, BatchNorm) and on the same at
+model.width=0.25 (`--models` adds `nobn`, lin2013 without BatchNorm). For each:
+1. a log-spaced train.lr grid per optimizer (--grid-points, 10 over 3 decades by default, chosen to
+   bracket the optimum; a grid-best at either end is flagged), --seeds seeds a point
+   (train.seed = 0, 1, ...), each trained for the profile's train.epochs (--epochs overrides); the
+   score is the final val_acc, a diverged run counts as chance;
+2. one range test (the profile's lr_finder settings, train.seed 0), read with every lr_finder.rule
+   on every lr_finder.smoothing curve (`valley/ema` is fastai's own valley,
+   `half-decade/zero-phase` ours); then runs at each distinct suggested lr with the same seeds.
+Per configuration and rule: the lr, its ratio to the grid-best lr, the regret (grid-best mean
+val_acc minus the rule's, in points) and whether the grid-best lr lies in the rule's recommended
+sweep range. Then per rule over all configurations, and the issue's targets checked for the default
+(LRFinderConfig's rule and smoothing): regret <= 1.0 point in >= 5 of 6, lr within 3x of the
+grid-best in >= 5 of 6, grid-best in the sweep range in 6 of 6. Set the default rule from this
+table. Prints markdown; imports only torch and nin_search's engine, so it runs on a bare GPU box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import torch
+
+from nin_search.config import FINDER_RULES, LRFinderConfig, load_config
+from nin_search.data import load_data
+from nin_search.lr_finder import find_lr, suggest
+from nin_search.train import fit, resolve_device
+
+PROFILE = "cpu"
+OPTIMIZERS = {  # name: (overrides, lr grid low, high); the grids bracket the optimum
+    "sgd": (["train.optimizer=sgd"], 3e-3, 3.0),
+    "sgd-m0.9": (["train.optimizer=sgd", "train.momentum=0.9"], 1e-3, 1.0),
+    "adamw": (["train.optimizer=adamw"], 1e-4, 1e-1),
+}
+MODELS = {
+    "lin2013": [],  # the cpu profile's model
+    "w0.25": ["model.width=0.25"],
+    "nobn": ["model.batch_norm=false"],  # not in the default six: its finder often never falls
+}
+DEFAULT_MODELS = ("lin2013", "w0.25")
+SMOOTHINGS = ("zero-phase", "ema")
+DEFAULT = f"{LRFinderConfig().rule}/{LRFinderConfig().smoothing}"
+NOTES = {"valley/ema": "fastai's valley", "half-decade/zero-phase": "ours", DEFAULT: "default"}
+
+
+def label(key: str) -> str:
+    notes = [note for k, note in NOTES.items() if k == key]
+    return f"{key} ({', '.join(notes)})" if notes else key
+
+
+def times(ratio: float) -> str:
+    return f"{ratio:.2g}x" if ratio < 10 else f"{ratio:.0f}x"
+
+
+def configs(models: list[str]) -> dict[str, list[str]]:
+    return {
+        f"{opt}/{model}": osets + MODELS[model]
+        for model in models
+        for opt, (osets, _, _) in OPTIMIZERS.items()
+    }
+
+
+def select(names: list[str], wanted: str) -> list[str]:
+    """'adamw' picks every adamw configuration, 'w0.25' every width-0.25 one, a full name one."""
+    if not wanted:
+        return names
+    keys = [w.strip() for w in wanted.split(",") if w.strip()]
+    out = [n for n in names if any(k == n or k in n.split("/") for k in keys)]
+    if not out:
+        raise SystemExit(f"--configs {wanted!r} matches none of {', '.join(names)}")
+    return out
+
+
+def grid(opt: str, points: int) -> list[float]:
+    _, lo, hi = OPTIMIZERS[opt]
+    if points == 1:
+        return [math.sqrt(lo * hi)]
+    return [lo * (hi / lo) ** (i / (points - 1)) for i in range(points)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", default="", help="comma-separated names, optimizers or models")
+    ap.add_argument("--models", default=",".join(DEFAULT_MODELS), help=", ".join(MODELS))
+    ap.add_argument("--seeds", type=int, default=2, help="seeds per lr (train.seed 0..n-1)")
+    ap.add_argument("--grid-points", type=int, default=10, help="log-spaced lrs per optimizer")
+    ap.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
+    ap.add_argument("--smoothings", default=",".join(SMOOTHINGS))
+    ap.add_argument("--set", action="append", default=[], dest="sets", help="KEY=VALUE")
+    args = ap.parse_args()
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if unknown := set(models) - set(MODELS):
+        raise SystemExit(f"--models: unknown {sorted(unknown)}; known: {', '.join(MODELS)}")
+    smoothings = [s.strip() for s in args.smoothings.split(",") if s.strip()]
+    all_configs = configs(models)
+    chosen = select(list(all_configs), args.configs)
+    extra = args.sets + ([f"train.epochs={args.epochs}"] if args.epochs else [])
+    base = load_config(overrides=extra, profile=PROFILE)
+    epochs = base.train.epochs
+
+    full_epochs = load_config(profile=PROFILE).train.epochs
+    n_rules = len(FINDER_RULES) * len(SMOOTHINGS)
+    full_runs = len(configs(list(DEFAULT_MODELS))) * (10 + n_rules) * 2
+    runs = len(chosen) * (args.grid_points + len(FINDER_RULES) * len(smoothings)) * args.seeds
+    print(
+        f"cost: the full run (6 configurations x (10 grid lrs + up to {n_rules} rule lrs) x 2 "
+        f"seeds) is up to {full_runs} runs x {full_epochs} epochs = {full_runs * full_epochs} "
+        f"epochs of {55_000:,} images, plus 6 range tests of {LRFinderConfig().num_iter} steps; "
+        f"this run: up to {runs} runs x {epochs} epochs = {runs * epochs} epochs",
+        flush=True,
+    )
+    data = load_data(base.data, resolve_device(base.train.device), with_test=False)
+    chance = 1 / data.num_classes
+    print(
+        f"data: {len(data.train_x):,} train / {len(data.val_x):,} val images at "
+        f"{data.input_size} px on {data.train_x.device}; torch {torch.__version__}",
+        flush=True,
+    )
+    started, full_epoch_s = time.perf_counter(), []
+
+    def score(sets: list[str], lr: float, seed: int) -> float:
+        cfg = load_config(
+            overrides=sets + [f"train.lr={lr}", f"train.seed={seed}"], profile=PROFILE
+        )
+        t = time.perf_counter()
+        r = fit(cfg, data)
+        acc = r.history[-1]["val_acc"] if r.status == "completed" else chance
+        for h in r.history:  # this epoch at 55,000 training images: training scales, val does not
+            train_s = len(data.train_x) / h["img_per_s"]
+            full_epoch_s.append(55_000 / h["img_per_s"] + h["epoch_time_s"] - train_s)
+        hours = statistics.mean(full_epoch_s or [math.nan]) * full_runs * full_epochs / 3600
+        print(
+            f"  lr {lr:.3g} seed {seed}: {r.status} val_acc {acc:.4f} "
+            f"({time.perf_counter() - t:.0f} s; the full run at this pace: ~{hours:.1f} h)",
+            flush=True,
+        )
+        return acc
+
+    rows, grids, summary = [], [], {}
+    for name in chosen:
+        sets = all_configs[name] + extra
+        print(f"{name}: grid", flush=True)
+        means = {}
+        for lr in grid(name.split("/")[0], args.grid_points):
+            means[lr] = statistics.mean(score(sets, lr, s) for s in range(args.seeds))
+        best_lr = max(means, key=means.get)
+        best = means[best_lr]
+        lrs = list(means)
+        edge = " (at the grid's edge: widen it)" if best_lr in (lrs[0], lrs[-1]) else ""
+        grids.append(
+            f"| {name} | "
+            + ", ".join(f"{lr:.3g}: {100 * a:.2f}" for lr, a in means.items())
+            + " |"
+        )
+        cfg = load_config(overrides=sets, profile=PROFILE)
+        print(f"{name}: range test", flush=True)
+        finding = find_lr(cfg, data)
+        cache: dict[float, float] = {}
+        for smoothing in smoothings:
+            for rule in FINDER_RULES:
+                key = f"{rule}/{smoothing}"
+                f = suggest(finding.curve, cfg.lr_finder.num_iter, rule, smoothing)
+                if f.status != "ok":
+                    rows.append(
+                        f"| {name} | {best_lr:.3g} ({100 * best:.2f}){edge} | {label(key)} | "
+                        f"{f.status} | - | - | - | no |"
+                    )
+                    print(rows[-1], flush=True)
+                    summary.setdefault(key, []).append((math.inf, math.inf, False))
+                    continue
+                lr = f.recommended_lr
+                if lr not in cache:
+                    print(f"{name}: {key} at lr {lr:.3g}", flush=True)
+                    cache[lr] = statistics.mean(score(sets, lr, s) for s in range(args.seeds))
+                regret = 100 * (best - cache[lr])
+                low, high = f.recommended_range
+                inside = low <= best_lr <= high
+                ratio = lr / best_lr
+                rows.append(
+                    f"| {name} | {best_lr:.3g} ({100 * best:.2f}){edge} | {label(key)} | "
+                    f"{lr:.3g} | {times(ratio)} | {100 * cache[lr]:.2f} | {regret:+.2f} | "
+                    f"{'yes' if inside else 'no'} [{low:.3g}, {high:.3g}] |"
+                )
+                summary.setdefault(key, []).append((regret, max(ratio, 1 / ratio), inside))
+                print(rows[-1], flush=True)
+
+    took = time.perf_counter() - started
+    print(
+        f"\nprofile {PROFILE}, {epochs} epochs, {args.seeds} seed(s) per lr, "
+        f"{args.grid_points} grid lrs, extra sets {args.sets}; {took / 60:.1f} min; "
+        f"valley/ema is fastai's valley, half-decade/zero-phase ours\n"
+    )
+    print("| configuration | lr grid: mean val_acc (%) per train.lr |\n|---|---|")
+    print("\n".join(grids))
+    print(
+        "\n| configuration | grid-best lr (val_acc %) | rule/smoothing | lr | lr / grid-best | "
+        "val_acc % | regret (points) | grid-best in sweep range |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
+    print("\n".join(rows))
+    print(
+        "\n| rule/smoothing | regret <= 1.0 | within 3x | grid-best in range | median regret |\n"
+        "|---|---|---|---|---|"
+    )
+    for key, vals in summary.items():
+        n = len(vals)
+        print(
+            f"| {label(key)} | {sum(r <= 1.0 for r, _, _ in vals)}/{n} | "
+            f"{sum(x <= 3 for _, x, _ in vals)}/{n} | {sum(i for _, _, i in vals)}/{n} | "
+            f"{statistics.median(r for r, _, _ in vals):+.2f} |"
+        )
+    if DEFAULT in summary:
+        vals, n = summary[DEFAULT], len(summary[DEFAULT])
+        need = math.ceil(5 * n / 6)  # 5 of 6 at the full size
+        checks = (
+            (f"regret <= 1.0 in >= {need}/{n}", sum(r <= 1.0 for r, _, _ in vals) >= need),
+            (f"within 3x in >= {need}/{n}", sum(x <= 3 for _, x, _ in vals) >= need),
+            (f"grid-best in range in {n}/{n}", all(i for _, _, i in vals)),
+        )
+        print(
+            f"\ntargets for the default ({DEFAULT}): "
+            + "; ".join(f"{what} {'PASS' if ok else 'FAIL'}" for what, ok in checks)
+        )
+
+
+if __name__ == "__main__":
+    main()
