@@ -7,6 +7,7 @@ python -m nin_search sweep studies/quick.toml
 python -m nin_search ablate studies/ablate_head.toml
 python -m nin_search report studies/ablate_head.toml
 python -m nin_search ui
+python -m nin_search evaluate RUN_ID --split test
 """
 
 from __future__ import annotations
@@ -100,6 +101,13 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ui", help="start the MLflow UI on this store (127.0.0.1)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+
+    p = sub.add_parser("evaluate", help="a kept model: accuracy, confusion matrix, gallery")
+    p.add_argument("model", metavar="RUN_ID|MODEL_URI", help="a run id or models:/NAME@best")
+    p.add_argument("--split", choices=("test", "val"), default="test", help="default test")
+    p.add_argument("--out", metavar="DIR", help="default reports/evaluate/<run>-<split>/")
+    p.add_argument("--images", type=int, default=36, help="images in the gallery (default 36)")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
 
     p = sub.add_parser("summary", help="per-layer shapes, params, MACs, memory")
@@ -218,6 +226,12 @@ def _ablate(args: argparse.Namespace) -> int:
     return code
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from nin_search.evaluation import evaluate_command
+
+    return evaluate_command(args.model, args.split, args.out, args.images)
+
+
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -248,6 +262,7 @@ COMMANDS = {
     "train": _train,
     "lr-finder": _lr_finder,
     "summary": _summary,
+    "evaluate": _evaluate,
 }
 
 

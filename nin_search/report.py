@@ -135,7 +135,8 @@ def ablation_report(ostudy: optuna.Study, out: Path) -> tuple[pd.DataFrame, str,
         {
             "summary": _fmt(table).to_html(index=False),
             "cells": cells.drop(columns="val_acc").astype(object).fillna("").to_html(index=False),
-        },
+        }
+        | kept_models(ostudy, out, best=None),
         f"Ablation {ostudy.study_name}",
         notes,
     )
@@ -180,8 +181,74 @@ def sweep_report(ostudy: optuna.Study, out: Path) -> tuple[str, dict]:
         )
     else:
         notes.insert(0, "no complete trial yet: no best configuration")
-    _write(out, figures, {}, f"Sweep {ostudy.study_name}", notes)
+    _write(out, figures, kept_models(ostudy, out, best), f"Sweep {ostudy.study_name}", notes)
     return "\n".join(notes), figures
+
+
+def kept_models(ostudy: optuna.Study, out: Path, best) -> dict[str, str]:
+    """{"kept models": html}: a row per trial whose model is kept (its URI and the command that
+    evaluates it) and, for the best sweep trial, its val confusion matrix and gallery copied
+    beside index.html. Empty when none is kept."""
+    import shutil
+    import tempfile
+
+    from nin_search.checkpoint import ALIAS, live_models
+
+    setup_tracking()
+    try:
+        live = {m.model_id: m.experiment_id for m in live_models(ostudy.study_name)}
+    except mlflow.exceptions.MlflowException:
+        return {}
+    kept = [
+        t for t in ostudy.get_trials(deepcopy=False) if t.user_attrs.get("mlflow_model_id") in live
+    ]
+    if not kept:
+        return {}
+    head = ""
+    if best is not None and best.user_attrs.get("mlflow_model_id") in live:
+        run = best.user_attrs["mlflow_run_id"]
+        links = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in ("confusion_matrix.html", "predictions.html"):
+                (out / f"best_{name}").unlink(missing_ok=True)  # an earlier best's
+                try:
+                    path = mlflow.artifacts.download_artifacts(
+                        run_id=run, artifact_path=f"evaluation/val/{name}", dst_path=tmp
+                    )
+                except (mlflow.exceptions.MlflowException, OSError):
+                    continue
+                shutil.copy(path, out / f"best_{name}")
+                links.append(f"<a href='best_{name}'>{name.split('.')[0].replace('_', ' ')}</a>")
+        head = (
+            f"<p>best trial {best.number} (models:/{html.escape(ostudy.study_name)}@{ALIAS} "
+            f"once the sweep has ended): {', '.join(links) or 'no evaluation logged'} on the "
+            "validation split</p>"
+        )
+    cells = [
+        [
+            str(t.number),
+            ", ".join(f"{k}={v}" for k, v in t.params.items()),
+            ", ".join(f"{v:.4f}" for v in t.values or []),
+            f"models:/{t.user_attrs['mlflow_model_id']}",
+            f"python -m nin_search evaluate {t.user_attrs.get('mlflow_run_id')}",
+        ]
+        for t in kept
+    ]
+    ui = "http://127.0.0.1:5000/#/experiments/{}/models/{}"  # where `nin_search ui` serves it
+    rows = "".join(
+        "<tr>"
+        + "".join(
+            f"<td><a href='{ui.format(live[c[8:]], c[8:])}'>{c}</a></td>"
+            if c.startswith("models:/")
+            else f"<td>{html.escape(c)}</td>"
+            for c in row
+        )
+        + "</tr>"
+        for row in cells
+    )
+    cols = "".join(f"<th>{c}</th>" for c in ("trial", "params", "value", "model", "evaluate"))
+    note = "<p>model links open in the MLflow UI (<code>python -m nin_search ui</code>)</p>"
+    return {"kept models": f"{head}{note}<table><tr>{cols}</tr>{rows}</table>"}
 
 
 def _log(ostudy: optuna.Study, out: Path, figures: dict) -> str:

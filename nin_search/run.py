@@ -20,12 +20,14 @@ import mlflow
 from mlflow.entities import Metric
 
 from nin_search.accounting import format_summary, summarize
+from nin_search.checkpoint import log_model, size_text
 from nin_search.config import Config, ConfigError, flatten, to_toml
 from nin_search.data import load_data
-from nin_search.lr_finder import Finding, find_lr
+from nin_search.evaluation import evaluate_split, log_evaluation
+from nin_search.lr_finder import Finding, find_lr, suggest
 from nin_search.plots import lr_finder_curve, training_curves
 from nin_search.tracking import experiment_id, mask, run_tags, setup_tracking, ui_command
-from nin_search.train import evaluate, fit, resolve_device, resolved
+from nin_search.train import fit, resolve_device, resolved
 
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "img_per_s", "epoch_time_s")
 
@@ -84,16 +86,23 @@ def train_run(
             epoch, step = result.diverged_at
             mlflow.set_tags({"nin.diverged_epoch": epoch, "nin.diverged_step": step})
             print(f"diverged: {result.reason}")
-        elif final_eval:
-            loss, acc = evaluate(result.model, data.test_x, data.test_y, data, cfg.train.precision)
-            mlflow.log_metrics({"test_loss": loss, "test_acc": acc})
+        elif final_eval:  # the evaluate command's path: one figure whichever computed it
+            ev = evaluate_split(result.model, data, "test", cfg.train.precision)
+            mlflow.log_metrics({"test_loss": ev.loss, "test_acc": ev.acc})
+            log_evaluation(ev, run.info.run_id)  # confusion matrix, gallery: evaluation/test/
             print(
                 f"final evaluation on the test set (never used for tuning): "
-                f"test_loss {loss:.4f}  test_acc {acc:.4f}"
+                f"test_loss {ev.loss:.4f}  test_acc {ev.acc:.4f}; confusion matrix and "
+                "predictions in the run's evaluation/test/"
             )
         if result.status != "diverged":
             best = max(result.history, key=lambda h: h["val_acc"])
             print(f"done: best val_acc {best['val_acc']:.4f} at epoch {best['epoch']}")
+            model_id, size = log_model(result.model, cfg, data.input_size, data.num_classes)
+            print(
+                f"model: models:/{model_id} ({size_text(size)}); evaluate it with: "
+                f"python -m nin_search evaluate {run.info.run_id}"
+            )
     if result.status == "diverged":
         mlflow.tracking.MlflowClient().set_terminated(run.info.run_id, "FAILED")
     print(
@@ -138,13 +147,26 @@ def finder_key(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(same, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _suggestion_table(f: Finding) -> str:
+def _suggestion_table(f: Finding, other: Finding) -> str:
+    """Each rule's lr on the curve in use and, beside it, on the other smoothing's curve."""
     import pandas as pd
 
-    rows = [{"suggestion": k, "lr": f"{v:.3g}"} for k, v in f.suggestions.items()]
-    rows.append({"suggestion": "recommended (valley)", "lr": f"{f.recommended_lr:.3g}"})
+    rows = [
+        {
+            "lr_finder.rule": k + (" (recommended)" if k == f.rule else ""),
+            f"{f.smoothing} (in use)": f"{v:.3g}",
+            other.smoothing: f"{other.suggestions[k]:.3g}" if other.suggestions else "-",
+        }
+        for k, v in f.suggestions.items()
+    ]
     low, high = f.recommended_range
-    rows.append({"suggestion": "sweep range", "lr": f"[{low:.3g}, {high:.3g}]"})
+    rows.append(
+        {
+            "lr_finder.rule": "sweep range",
+            f"{f.smoothing} (in use)": f"[{low:.3g}, {high:.3g}]",
+            other.smoothing: "",
+        }
+    )
     return pd.DataFrame(rows).to_string(index=False)
 
 
@@ -175,7 +197,7 @@ def lr_finder_run(
     say(
         f"lr-finder: {cfg.model.preset}, {cfg.train.optimizer}, {c.mode} sweep from "
         f"{c.start_lr:g} to {c.end_lr:g} over {c.num_iter} steps of {cfg.train.batch_size}, "
-        f"{cfg.train.precision}"
+        f"{cfg.train.precision}, {c.repeats} repeat(s); rule {c.rule!r} on the {c.smoothing} curve"
     )
     tags = run_tags(cfg, str(device)) | {
         "nin.command": "lr-finder",
@@ -185,13 +207,19 @@ def lr_finder_run(
         mlflow.log_params(flatten(cfg))
         finding = find_lr(cfg, data, progress=sys.stderr.isatty() and not quiet)
         curve = finding.curve
+        # the same curve read with the other smoothing: fastai's causal numbers beside ours
+        other = suggest(curve, c.num_iter, c.rule, {"ema": "zero-phase"}.get(c.smoothing, "ema"))
         stamp = int(time.time() * 1000)
+        steps = zip(curve.lrs, curve.losses, curve.smoothed, finding.zero_phase, strict=True)
         metrics = [
             Metric(k, v, stamp, i)
-            for i, (lr, loss, sm) in enumerate(
-                zip(curve.lrs, curve.losses, curve.smoothed, strict=True)
+            for i, (lr, loss, sm, zp) in enumerate(steps)
+            for k, v in (
+                ("lr", lr),
+                ("loss", loss),
+                ("smoothed_loss", sm),
+                ("zero_phase_loss", zp),
             )
-            for k, v in (("lr", lr), ("loss", loss), ("smoothed_loss", sm))
         ]
         client = mlflow.MlflowClient()
         for start in range(0, len(metrics), 900):  # log_batch takes up to 1000 metrics
@@ -200,12 +228,14 @@ def lr_finder_run(
             low, high = finding.recommended_range
             mlflow.log_metrics(
                 {f"suggested_{k}": v for k, v in finding.suggestions.items()}
+                | {f"suggested_{k}_{other.smoothing}": v for k, v in other.suggestions.items()}
                 | {
                     "recommended_lr": finding.recommended_lr,
                     "recommended_lr_low": low,
                     "recommended_lr_high": high,
                 }
             )
+        # lr_finder.rule and lr_finder.smoothing are params already, under those names
         mlflow.set_tags({"nin.status": finding.status, "nin.message": finding.message[:5000]})
         report = finding.to_json() | {"mlflow_run_id": run.info.run_id, "config": flatten(cfg)}
         (folder / "lr_finder.json").write_text(json.dumps(report, indent=2))
@@ -214,9 +244,10 @@ def lr_finder_run(
         mlflow.log_artifact(str(folder / "lr_finder.html"))
     say(f"stopped: {curve.stop_reason} after {len(curve.lrs)} steps")
     if finding.status == "ok":
-        say(_suggestion_table(finding))
+        say(_suggestion_table(finding, other))
         say(
-            f"recommended lr: {finding.recommended_lr:.3g} (train.lr); sweep range "
+            f"recommended lr: {finding.recommended_lr:.3g} (train.lr; lr_finder.rule = "
+            f"{c.rule!r} on the {c.smoothing} curve); sweep range "
             f"[{finding.recommended_range[0]:.3g}, {finding.recommended_range[1]:.3g}]"
         )
     else:

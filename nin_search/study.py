@@ -3,6 +3,7 @@
     name = "nin-lr-dropout-depth"
     n_trials = 40                       # finished trials (complete or pruned) to reach
     profile = "d2l"                     # optional: d2l | quick, under the tables below
+    keep_models = "best"                # best (default) | all | none: trial models kept in MLflow
     [train]                             # optional [model] [data] [train] [lr_finder] overrides
     epochs = 10
     [params]
@@ -47,7 +48,10 @@ OBJECTIVES = {  # name: (metric per epoch, direction, how the epochs reduce to o
     "final_val_acc": ("val_acc", "maximize", lambda v: v[-1]),
     "best_val_loss": ("val_loss", "minimize", min),
 }
-TOP_KEYS = {"name", "n_trials", "profile", "objective", "params", "sampler", "pruner"}
+TOP_KEYS = {
+    "name", "n_trials", "profile", "objective", "params", "sampler", "pruner", "keep_models",
+}  # fmt: skip
+KEEP_MODELS = ("best", "all", "none")  # trial models kept in MLflow: the best so far, all, none
 
 
 @dataclass
@@ -77,6 +81,7 @@ class Study:
     baseline: str | None = None
     seeds: list[int] = field(default_factory=list)
     final_eval: bool = False  # also evaluate each finished trial on the test set
+    keep_models: str = "best"  # KEEP_MODELS; ablations default to "none"
 
     @property
     def kind(self) -> str:
@@ -221,6 +226,7 @@ def load_study(path: str, overrides: dict[str, Any] | None = None) -> Study:
         profile,
     )
     study.base_config()  # the shared settings must be valid on their own
+    study.keep_models = _keep(path, doc, "best")
     if study.sampler["type"] == "grid" and any(
         p.kind not in ("categorical", "int") for p in params.values()
     ):
@@ -230,7 +236,17 @@ def load_study(path: str, overrides: dict[str, Any] | None = None) -> Study:
     return study
 
 
-ABLATION_KEYS = {"name", "seeds", "baseline", "profile", "objective", "arms"}
+ABLATION_KEYS = {"name", "seeds", "baseline", "profile", "objective", "arms", "keep_models"}
+
+
+def _keep(path: str, doc: dict, default: str) -> str:
+    keep = doc.get("keep_models", default)
+    if keep not in KEEP_MODELS:
+        raise ConfigError(
+            f"{path}: keep_models = {keep!r} is not allowed; expected one of "
+            f"{', '.join(map(repr, KEEP_MODELS))}"
+        )
+    return keep
 
 
 def load_ablation(
@@ -309,6 +325,7 @@ def load_ablation(
         arms,
         baseline,
         seeds,
+        keep_models=_keep(path, doc, "none"),
     )
     for arm in arms:  # every arm must be a valid config on the shared settings
         with_params(study, {"arm": arm}, f"{path}: [arms.{arm}]")
@@ -347,4 +364,5 @@ def spec(study: Study) -> dict[str, Any]:
         "baseline": study.baseline,
         "seeds": study.seeds,
         "final_eval": study.final_eval,
+        "keep_models": study.keep_models,
     }

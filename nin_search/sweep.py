@@ -282,15 +282,12 @@ def run_sweep(
         code = _spawn(workers, argv_tail or [])
     if worker:
         return code
-    _summary(
-        study,
-        optuna.load_study(study_name=study.name, storage=open_storage(url)),
-        url,
-        target,
-        before,
-        best_before,
-        parent,
-    )
+    final = optuna.load_study(study_name=study.name, storage=open_storage(url))
+    _summary(study, final, url, target, before, best_before, parent)
+    if not study.arms and study.keep_models != "none":  # models:/NAME@best: the best trial
+        from nin_search.checkpoint import register_best
+
+        register_best(study, final)
     return code
 
 

@@ -44,6 +44,7 @@ def setup_tracking() -> str:
     """Point MLflow at the store (creating mlruns/ for the default) and quiet its startup logs."""
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in logs
     uri = tracking_uri()
     if uri == DEFAULT_URI:
         Path("mlruns").mkdir(exist_ok=True)

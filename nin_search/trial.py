@@ -210,6 +210,10 @@ def make_objective(
                 )
                 mlflow.log_metrics({"test_loss": loss, "test_acc": acc})
                 trial.set_user_attr("test_acc", acc)
+            if study.keep_models != "none":  # 'best': only while it beats every complete trial
+                from nin_search.checkpoint import keep_trial
+
+                keep_trial(study, trial, value, result.model, cfg, data)
             return value
         except KeyboardInterrupt:
             state = "interrupted"

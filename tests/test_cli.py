@@ -132,6 +132,11 @@ def test_diverging_run_exits_1_and_ends_failed(tiny: Path):
         "train.optimizer='sgd'",
         "--set",
         "train.lr=100",
+        # auto picks the cpu profile here, whose BatchNorm and onecycle ramp survive lr 100
+        "--set",
+        "model.batch_norm=false",
+        "--set",
+        "train.schedule='constant'",
         cwd=tiny,
     )
     assert res.returncode == 1, res.stderr
@@ -252,28 +257,42 @@ def test_lr_finder_writes_json_html_and_an_mlflow_run(tiny: Path):
         "lr_finder.num_iter=20",
         "--set",
         "lr_finder.end_lr=1",
+        "--set",
+        "lr_finder.repeats=2",
+        "--set",
+        "lr_finder.rule=half-decade",
         "--out",
         "out",
         cwd=tiny,
     )
     assert res.returncode == 0, res.stderr
     report = json.loads((tiny / "out" / "lr_finder.json").read_text())
-    # the JSON holds the three suggestions (or says plainly why there are none) and the curve
+    # the JSON names the rule and the smoothing, holds every rule's suggestion (or says plainly
+    # why there are none), and both curves of the median of the 2 repeats
+    assert report["rule"] == "half-decade" and report["smoothing"] == "zero-phase"
     assert report["status"] in ("ok", "no-descent", "diverged-at-once")
     if report["status"] == "ok":
-        assert set(report["suggestions"]) == {"valley", "steep", "minimum"}
+        assert set(report["suggestions"]) == {"valley", "steep", "minimum", "half-decade"}
+        assert report["recommended_lr"] == report["suggestions"]["half-decade"]
         low, high = report["recommended_range"]
         assert low < report["recommended_lr"] < high
+        assert "half-decade (recommended)" in res.stdout  # the terminal table marks it
+    else:
+        assert "lr_finder." in report["message"]  # the advice names keys to change
     n = len(report["curve"]["lr"])
     assert 0 < n <= 20 and len(report["curve"]["smoothed_loss"]) == n
+    assert len(report["curve"]["zero_phase_loss"]) == n
+    assert report["repeats"] == 2 and [len(r) for r in report["curve"]["repeat_losses"]] == [n, n]
     assert "plotly" in (tiny / "out" / "lr_finder.html").read_text()[:100_000].lower()
     mlflow.set_tracking_uri(f"sqlite:///{tiny / 'mlruns' / 'mlflow.db'}")
     run = mlflow.search_runs(experiment_names=["nin-lr-finder"]).iloc[0]
     assert run["run_id"] == report["mlflow_run_id"]
     assert run["params.lr_finder.num_iter"] == "20"
+    assert run["params.lr_finder.rule"] == "half-decade"
+    assert run["params.lr_finder.smoothing"] == "zero-phase"
     client = mlflow.MlflowClient()
     # per-iteration metrics with step = iteration
-    for key in ("lr", "loss", "smoothed_loss"):
+    for key in ("lr", "loss", "smoothed_loss", "zero_phase_loss"):
         assert [m.step for m in client.get_metric_history(run["run_id"], key)] == list(range(n))
     artifacts = {a.path for a in client.list_artifacts(run["run_id"])}
     assert {"lr_finder.json", "lr_finder.html"} <= artifacts

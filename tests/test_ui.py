@@ -4,6 +4,7 @@ Playwright), every arm x seed run listed by name, and a screenshot."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 import mlflow
 import pytest
 from test_ablation import ablation_text, nin_ok
+from test_cli import TINY, cli
 from test_sweep import _env
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -54,18 +56,13 @@ def _outside_address() -> str | None:
     return None if address.startswith("127.") else address
 
 
-def test_mlflow_ui_lists_the_arm_runs(tmp_path: Path, data: Path):
-    from playwright.sync_api import sync_playwright
-
-    (tmp_path / "abl.toml").write_text(ablation_text("ui-ablation", data))
-    nin_ok("ablate", "abl.toml", cwd=tmp_path)
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
-    exp_id = client.get_experiment_by_name("ui-ablation").experiment_id
-
+@contextlib.contextmanager
+def ui_server(cwd: Path):
+    """`python -m nin_search ui` on a free port in cwd; yields its URL, stops it afterwards."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "nin_search", "ui", "--port", str(port)],
-        cwd=tmp_path,
+        cwd=cwd,
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -75,6 +72,26 @@ def test_mlflow_ui_lists_the_arm_runs(tmp_path: Path, data: Path):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, server)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def test_mlflow_ui_lists_the_arm_runs(tmp_path: Path, data: Path):
+    from playwright.sync_api import sync_playwright
+
+    (tmp_path / "abl.toml").write_text(ablation_text("ui-ablation", data))
+    nin_ok("ablate", "abl.toml", cwd=tmp_path)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    exp_id = client.get_experiment_by_name("ui-ablation").experiment_id
+
+    with ui_server(tmp_path) as url:
+        port = int(url.rsplit(":", 1)[1])
         outside = _outside_address()
         if outside:  # bound to 127.0.0.1 only: not reachable on the machine's own address
             with pytest.raises(OSError), socket.create_connection((outside, port), timeout=2):
@@ -102,10 +119,45 @@ def test_mlflow_ui_lists_the_arm_runs(tmp_path: Path, data: Path):
         if keep:  # a place to look at it afterwards
             Path(keep).mkdir(parents=True, exist_ok=True)
             shutil.copy(shot, Path(keep) / shot.name)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+
+
+def test_mlflow_ui_shows_a_train_runs_model_and_gallery(tmp_path: Path, data: Path):
+    from playwright.sync_api import sync_playwright
+
+    (tmp_path / "tiny.toml").write_text(TINY)
+    res = cli(
+        "train", "--config", "tiny.toml", "--set", f"data.data_dir={data}", "--final-eval",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    exp_id = client.get_experiment_by_name("nin-train").experiment_id
+    run = client.search_runs([exp_id])[0]
+    model_id = run.outputs.model_outputs[0].model_id
+    base = f"#/experiments/{exp_id}"
+    with ui_server(tmp_path) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        # the run's page lists its logged model, linked to the model's own page
+        page.goto(f"{url}/{base}/runs/{run.info.run_id}")
+        page.get_by_text("Logged models (1)").first.wait_for(timeout=90_000)
+        assert page.locator(f"a[href*='models/{model_id}']").count() >= 1
+        # its artifacts: the gallery of the final evaluation, previewed with its images
+        page.goto(f"{url}/{base}/runs/{run.info.run_id}/artifacts")
+        page.get_by_text("evaluation", exact=True).first.click()
+        page.get_by_text("test", exact=True).first.click()
+        page.get_by_text("predictions.html", exact=True).first.click()
+        gallery = page.frame_locator("iframe").first
+        gallery.locator("figure img").first.wait_for(timeout=30_000)
+        assert gallery.locator("figure").count() == 16  # the whole 16-image test split
+        assert "pred: " in gallery.locator("figure").first.inner_text()
+        page.screenshot(path=str(tmp_path / "mlflow_gallery.png"), full_page=True)
+        # the model's page: the MLflow model and the weights-only file beside it
+        page.goto(f"{url}/{base}/models/{model_id}/artifacts")
+        for name in ("MLmodel", "extra_files", "data"):
+            page.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
+        browser.close()
+    keep = os.environ.get("NIN_SEARCH_SCREENSHOTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp_path / "mlflow_gallery.png", Path(keep) / "mlflow_gallery.png")

@@ -1,0 +1,328 @@
+"""Kept models: a trained NiN logged to its MLflow run, registered, found again and loaded back.
+
+    model_id, size = log_model(result.model, cfg, data.input_size)   # inside an active run
+    loaded = load("models:/nin-quick@best")  # or a run id, models:/NAME/3, models:/m-ID, runs:/
+
+Each kept model is an MLflow model named "model" (pytorch flavour in torch.export's pt2 format,
+whose loading runs no pickle), listed on its run and registrable, and inside it
+`extra_files/nin_weights.pt`: a weights-only state dict with the resolved config, which this
+module loads with torch.load(weights_only=True) and build_model(cfg.model). Files live under the
+store's artifact root (mlruns/, git-ignored). Every mistake in finding or reading one is a
+ConfigError naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from torch import nn
+
+from nin_search.config import Config, ConfigError, apply, flatten
+from nin_search.model import build_model
+from nin_search.study import OBJECTIVES, Study
+
+WEIGHTS = "nin_weights.pt"  # the state dict and config, inside the MLflow model's extra_files/
+FORMAT = "nin-search-weights/1"
+ALIAS = "best"  # the registered model of a sweep points at its best trial by this alias
+REFS = "a run id, models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-ID or runs:/RUN_ID/model"
+
+
+@dataclass
+class Loaded:
+    model: nn.Module  # on the CPU, eval mode
+    cfg: Config  # the resolved config it trained with
+    input_size: int
+    num_classes: int
+    model_id: str
+    run_id: str | None
+
+
+def size_text(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB" if n >= 2**16 else f"{n / 2**10:.1f} KiB"
+
+
+def _first(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def _size(location: str, path: str | None = None) -> int:
+    """Bytes under an artifact location, summed over its files."""
+    repo = get_artifact_repository(location)
+    return sum(
+        _size(location, f.path) if f.is_dir else (f.file_size or 0)
+        for f in repo.list_artifacts(path)
+    )
+
+
+def log_model(
+    model: nn.Module, cfg: Config, input_size: int, num_classes: int = 10, tags: dict | None = None
+) -> tuple[str, int]:
+    """Log model to the active MLflow run; returns (model id, bytes on the store)."""
+    blob = {
+        "format": FORMAT,
+        "config": flatten(cfg),
+        "input_size": input_size,
+        "num_classes": num_classes,
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+    }
+    # torch.export traces a CPU copy in NCHW: a channels_last trace exports with a warning, and
+    # two example images keep the batch dimension dynamic (one would fix it at 1)
+    cpu = copy.deepcopy(model).cpu().float().eval().to(memory_format=torch.contiguous_format)
+    example = torch.zeros(2, 1, input_size, input_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / WEIGHTS
+        torch.save(blob, path)
+        info = mlflow.pytorch.log_model(
+            cpu,
+            name="model",
+            input_example=example.numpy(),
+            extra_files=[str(path)],
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],  # none inferred
+            serialization_format="pt2",
+            tags=tags,
+        )
+    lm = mlflow.MlflowClient().get_logged_model(info.model_id)
+    return info.model_id, _size(lm.artifact_location)
+
+
+def delete_model(model_id: str) -> None:
+    """Delete a logged model, its files and its run's evaluation/ (a trial's val evaluation)."""
+    client = mlflow.MlflowClient()
+    lm = client.get_logged_model(model_id)
+    client.delete_logged_model(model_id)
+    try:
+        get_artifact_repository(lm.artifact_location).delete_artifacts()
+        if lm.source_run_id:
+            run_root = client.get_run(lm.source_run_id).info.artifact_uri
+            get_artifact_repository(run_root).delete_artifacts("evaluation")
+    except (OSError, MlflowException, NotImplementedError):
+        pass  # a store that cannot delete files keeps them; the model is gone from MLflow
+
+
+def live_models(experiment: str) -> list:
+    """The experiment's logged models that are not deleted."""
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    client, out, token = mlflow.MlflowClient(), [], None
+    while True:
+        page = client.search_logged_models([exp.experiment_id], page_token=token)
+        out += list(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def _beats(ostudy, value: float, direction: str) -> bool:
+    try:
+        best = ostudy.best_value
+    except ValueError:  # no complete trial yet
+        return True
+    except RuntimeError:  # a multi-objective study has no single best: keep it
+        return True
+    return value > best if direction == "maximize" else value < best
+
+
+def keep_trial(study: Study, trial, value: float, model: nn.Module, cfg: Config, data) -> None:
+    """A complete trial's model, kept as study.keep_models says: 'all', or 'best' (only when it
+    beats every complete trial; the kept models it beats are deleted). Its val evaluation (the
+    confusion matrix and the gallery) goes to its run. A failure here costs the trial nothing."""
+    direction = OBJECTIVES[study.objective][1]
+    if study.keep_models == "best" and not _beats(trial.study, value, direction):
+        return
+    try:
+        from nin_search.evaluation import evaluate_split, log_evaluation
+
+        tags = {"nin.study": study.name, "nin.trial": str(trial.number), "nin.value": repr(value)}
+        model_id, size = log_model(model, cfg, data.input_size, data.num_classes, tags)
+        trial.set_user_attr("mlflow_model_id", model_id)
+        trial.set_user_attr("model_bytes", size)
+        run_id = mlflow.active_run().info.run_id
+        log_evaluation(evaluate_split(model, data, "val", cfg.train.precision), run_id)
+        single = isinstance(value, int | float)  # a multi-objective value has no "worse"
+        dropped = _drop_worse(study, value, direction, model_id) if single else 0
+        note = f"; {dropped} worse kept model(s) deleted" if dropped else ""
+        print(f"trial {trial.number}: model kept as models:/{model_id} ({size_text(size)}){note}")
+    except (MlflowException, OSError, RuntimeError, ValueError) as e:
+        print(f"trial {trial.number}: model not kept: {_first(e)}")
+
+
+def _drop_worse(study: Study, value: float, direction: str, keep: str) -> int:
+    """With keep_models = 'best': delete the study's kept models worse than value. Only worse
+    ones: a worker finishing a better trial at the same moment keeps its own."""
+    if study.keep_models != "best":
+        return 0
+    dropped = 0
+    for m in live_models(study.name):
+        if m.model_id == keep or m.tags.get("nin.study") != study.name:
+            continue
+        try:
+            v = float(m.tags.get("nin.value", "nan"))
+        except ValueError:
+            continue
+        if not (v > value if direction == "maximize" else v < value) and v != value:
+            delete_model(m.model_id)
+            dropped += 1
+    return dropped
+
+
+def register_best(study: Study, ostudy) -> None:
+    """Register the sweep's best trial's kept model under the study's name with alias 'best';
+    a better trial found since moves the alias (and, with keep_models = 'best', the versions
+    whose models were deleted are dropped)."""
+    try:
+        best = ostudy.best_trial
+    except (ValueError, RuntimeError):
+        return
+    model_id = best.user_attrs.get("mlflow_model_id")
+    if not model_id:
+        print(f"registry: best trial {best.number} kept no model (keep_models); not registered")
+        return
+    client, name = mlflow.MlflowClient(), study.name
+    try:
+        client.get_logged_model(model_id)
+    except MlflowException:
+        print(f"registry: the model of best trial {best.number} was deleted; not registered")
+        return
+    try:
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            client.create_registered_model(name, description=f"nin-search sweep {name!r}")
+        try:
+            current = client.get_model_version_by_alias(name, ALIAS)
+        except MlflowException:
+            current = None
+        if current is not None and _model_of(current) == model_id:
+            print(f"registry: models:/{name}@{ALIAS} is version {current.version}, unchanged")
+            return
+        mv = client.create_model_version(
+            name,
+            f"models:/{model_id}",
+            run_id=best.user_attrs.get("mlflow_run_id"),
+            tags={"nin.trial": str(best.number)},
+            await_creation_for=0,
+            model_id=model_id,
+        )
+        client.set_registered_model_alias(name, ALIAS, mv.version)
+        if study.keep_models == "best":
+            for v in client.search_model_versions(f"name = '{name}'"):
+                if v.version != mv.version and not _exists(client, _model_of(v)):
+                    client.delete_model_version(name, v.version)
+    except MlflowException as e:
+        print(f"registry: not registered ({_first(e)})")
+        return
+    moved = f", moved from version {current.version}" if current is not None else ""
+    print(
+        f"registry: models:/{name}@{ALIAS} -> version {mv.version} (trial {best.number}, "
+        f"models:/{model_id}){moved}"
+    )
+
+
+def _model_of(mv) -> str:
+    return mv.model_id or mv.source.removeprefix("models:/")
+
+
+def _exists(client, model_id: str) -> bool:
+    try:
+        client.get_logged_model(model_id)
+        return True
+    except MlflowException:
+        return False
+
+
+def resolve(ref: str) -> tuple[str, str | None]:
+    """(model id, run id) of a run id or model URI; ConfigError when there is none."""
+    client = mlflow.MlflowClient()
+    try:
+        if ref.startswith("models:/") and ref[8:].startswith("m-") and "/" not in ref[8:]:
+            model_id = ref[8:]
+        elif ref.startswith("models:/"):
+            name, at, alias = ref[8:].partition("@")
+            name, slash, version = name.partition("/") if not at else (name, "", "")
+            if not name or not (alias or version):
+                raise ConfigError(f"{ref!r}: expected {REFS}")
+            mv = (
+                client.get_model_version_by_alias(name, alias)
+                if alias
+                else client.get_model_version(name, version)
+            )
+            model_id = _model_of(mv)
+        else:
+            run_id, path = ref, "model"
+            if ref.startswith("runs:/"):
+                run_id, _, path = ref[6:].partition("/")
+            elif "/" in ref or ":" in ref:
+                raise ConfigError(f"{ref!r}: expected {REFS}")
+            run = client.get_run(run_id)
+            ids = [o.model_id for o in run.outputs.model_outputs] if run.outputs else []
+            live = [m for m in ids if _exists(client, m)]
+            live = [m for m in live if client.get_logged_model(m).name == path]
+            if not live:
+                why = "its model was deleted (keep_models)" if ids else "no logged model"
+                raise ConfigError(f"run {run_id} has {why}; `train` logs one, sweeps keep_models")
+            return live[-1], run_id
+        return model_id, client.get_logged_model(model_id).source_run_id
+    except MlflowException as e:
+        raise ConfigError(
+            f"{ref!r}: not found in {mlflow.get_tracking_uri()}: {_first(e)}"
+        ) from None
+
+
+def load(ref: str) -> Loaded:
+    """The kept model behind ref with its config; ConfigError names anything wrong."""
+    model_id, run_id = resolve(ref)
+    client = mlflow.MlflowClient()
+    repo = get_artifact_repository(client.get_logged_model(model_id).artifact_location)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            meta = Model.load(repo.download_artifacts("MLmodel", tmp))
+        except (MlflowException, OSError) as e:
+            raise ConfigError(f"{ref}: not an MLflow model ({_first(e)})") from None
+        extra = meta.flavors.get("pytorch", {}).get("extra_files", [])
+        if {"path": f"extra_files/{WEIGHTS}"} not in extra:
+            raise ConfigError(
+                f"{ref}: not a nin-search model (flavors {', '.join(meta.flavors)}, no "
+                f"extra_files/{WEIGHTS}); evaluate takes models logged by train or sweep"
+            )
+        try:
+            path = repo.download_artifacts(f"extra_files/{WEIGHTS}", tmp)
+        except (MlflowException, OSError) as e:
+            raise ConfigError(f"{ref}: its {WEIGHTS} cannot be read ({_first(e)})") from None
+        return _read(path, ref, model_id, run_id)
+
+
+def _read(path: str, ref: str, model_id: str, run_id: str | None) -> Loaded:
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle opcode, disallowed global, ...
+        raise ConfigError(f"{ref}: {WEIGHTS} is corrupt or truncated ({_first(e)})") from None
+    keys = {"config", "input_size", "num_classes", "state_dict"}
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT or not keys <= set(blob):
+        raise ConfigError(f"{ref}: {WEIGHTS} is not a {FORMAT} file")
+    bad = f"{ref}: its config no longer validates"
+    try:
+        cfg = apply(Config(), blob["config"], bad)  # "REF: its config ...: key = value ..."
+        model = build_model(cfg.model, blob["input_size"], 1, blob["num_classes"])
+    except ConfigError as e:
+        raise (e if str(e).startswith(bad) else ConfigError(f"{bad}: {e}")) from None
+    except (AttributeError, TypeError) as e:
+        raise ConfigError(f"{bad} ({_first(e)})") from None
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise ConfigError(
+            f"{ref}: its weights do not fit the model its config builds ({_first(e)})"
+        ) from None
+    return Loaded(model.eval(), cfg, blob["input_size"], blob["num_classes"], model_id, run_id)
+
+
+__all__ = ["Loaded", "load", "log_model", "keep_trial", "register_best", "resolve", "WEIGHTS"]
