@@ -2,7 +2,7 @@
 
     name = "nin-lr-dropout-depth"
     n_trials = 40                       # finished trials (complete or pruned) to reach
-    profile = "d2l"                     # optional: d2l | quick, under the tables below
+    profile = "d2l"                     # optional: d2l | cpu | quick, under the tables below
     keep_models = "best"                # best (default) | all | none: trial models kept in MLflow
     [train]                             # optional [model] [data] [train] [lr_finder] overrides
     epochs = 10

@@ -364,12 +364,17 @@ def test_shipped_ablation_files_load():
     for path in sorted(Path("studies").glob("ablate_*.toml")):
         study = load_ablation(str(path))
         names[path.name] = (study.baseline, list(study.arms))
-        assert study.seeds == [0, 1, 2]
+        # at least three paired seeds, 0, 1, 2, ... (the precision check asks for five)
+        assert study.seeds == list(range(len(study.seeds))) and len(study.seeds) >= 3
+        # the shipped CPU-sized files run on the cpu profile; the family is GPU-sized
+        assert study.profile == ("quick" if path.name == "ablate_family.toml" else "cpu")
     assert names["ablate_head.toml"] == ("gap", ["gap", "fc"])
     assert names["ablate_reduction.toml"] == ("one-step", ["one-step", "gradual"])
     assert names["ablate_mlp_depth.toml"][1] == ["depth-0", "depth-1", "depth-2", "depth-3"]
     assert names["ablate_mlp_kernel.toml"][1] == ["1x1", "3x3"]
     assert names["ablate_family.toml"][1] == ["d2l", "nin11", "nin16", "nin19"]
+    assert names["ablate_precision.toml"] == ("fp32", ["fp32", "bf16"])
+    assert len(load_ablation("studies/ablate_precision.toml").seeds) == 5
 
 
 def test_killed_ablation_worker_cell_is_retried_under_its_own_arm(tmp_path, data):
