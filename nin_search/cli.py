@@ -193,7 +193,9 @@ def _sweep(args: argparse.Namespace) -> int:
     study = load_study(args.study, parse_overrides(args.overrides))
     resolved(study.base_config())  # device and precision: exit 2 before anything is written
     url = storage_url(args.storage)
-    tail = ["sweep", args.study, "--storage", url] + [f"--set={o}" for o in args.overrides]
+    # no --storage on the workers' command lines (ps shows them to every user): _spawn hands
+    # the URL over in $NIN_SEARCH_STORAGE
+    tail = ["sweep", args.study] + [f"--set={o}" for o in args.overrides]
     if args.n_trials:
         tail += ["--n-trials", str(args.n_trials)]
     if args.timeout:
@@ -215,7 +217,7 @@ def _ablate(args: argparse.Namespace) -> int:
     study.final_eval = args.final_eval
     check_arms(study)  # an arm the network cannot take: exit 2 before anything is written
     url = storage_url(args.storage)
-    tail = ["ablate", args.study, "--storage", url] + [f"--set={o}" for o in args.overrides]
+    tail = ["ablate", args.study] + [f"--set={o}" for o in args.overrides]
     tail += ["--seeds", str(len(study.seeds))] + (["--final-eval"] if args.final_eval else [])
     code = run_sweep(study, url, None, None, args.workers, tail, args.worker)
     if args.worker:
@@ -248,10 +250,10 @@ def _ui(args: argparse.Namespace) -> int:
     from nin_search.tracking import mask, setup_tracking, ui_args
 
     uri = setup_tracking()
-    cmd = ui_args(uri, args.host, args.port)
-    print("starting:", " ".join(mask(a) for a in cmd[2:]), flush=True)
+    cmd, env = ui_args(uri, args.host, args.port)
+    print("starting:", " ".join(cmd[2:]), f"(backend store {mask(uri)})", flush=True)
     print(f"open http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
-    return subprocess.call(cmd)
+    return subprocess.call(cmd, env=env)
 
 
 COMMANDS = {

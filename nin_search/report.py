@@ -12,6 +12,7 @@ configuration as best_config.toml, ready for `train --config`. index.html shows 
 
 from __future__ import annotations
 
+import hashlib
 import html
 from pathlib import Path
 
@@ -269,9 +270,22 @@ def _log(ostudy: optuna.Study, out: Path, figures: dict) -> str:
     return f"logged to MLflow parent run {parent} under report/"
 
 
+def report_dir(root: Path, name: str) -> Path:
+    """root/<name> as one folder under root, whatever the name holds: separators, '..', a
+    leading '/' or '.', control characters and an over-long name cannot lead elsewhere
+    (spaces and unicode stay as they are)."""
+    safe = "".join("_" if c in "/\\" or ord(c) < 32 else c for c in name).strip()
+    if not safe or safe.startswith("."):
+        safe = "_" + safe
+    if len(safe.encode()) > 200:  # file systems cap a name at 255 bytes
+        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+        safe = safe.encode()[:180].decode(errors="ignore") + "-" + digest
+    return root / safe
+
+
 def report(ostudy: optuna.Study, root: Path = ROOT, quiet: bool = False) -> Path:
     """Write the study's report; print its summary and where it went."""
-    out = root / ostudy.study_name
+    out = report_dir(root, ostudy.study_name)
     out.mkdir(parents=True, exist_ok=True)
     if _spec(ostudy)["kind"] == "ablation":
         _, text, figures = ablation_report(ostudy, out)
@@ -284,4 +298,4 @@ def report(ostudy: optuna.Study, root: Path = ROOT, quiet: bool = False) -> Path
     return out
 
 
-__all__ = ["load", "report", "ablation_report", "sweep_report", "ablation_markdown"]
+__all__ = ["load", "report", "report_dir", "ablation_report", "sweep_report", "ablation_markdown"]

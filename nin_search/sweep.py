@@ -279,7 +279,7 @@ def run_sweep(
     if workers <= 1:
         code = run_worker(study, url, target, timeout, lr_range)
     else:
-        code = _spawn(workers, argv_tail or [])
+        code = _spawn(workers, argv_tail or [], url)
     if worker:
         return code
     final = optuna.load_study(study_name=study.name, storage=open_storage(url))
@@ -291,16 +291,22 @@ def run_sweep(
     return code
 
 
-def _spawn(workers: int, argv_tail: list[str]) -> int:
+def worker_command(argv_tail: list[str], url: str) -> tuple[list[str], dict]:
+    """argv and environment of one worker of this command. The storage URL, password and all,
+    goes in $NIN_SEARCH_STORAGE, not on the command line, which `ps` shows to every user."""
+    cmd = [sys.executable, "-m", "nin_search", *argv_tail, "--workers", "1", "--worker"]
+    return cmd, dict(os.environ) | {"NIN_SEARCH_STORAGE": url}
+
+
+def _spawn(workers: int, argv_tail: list[str], url: str) -> int:
     """K worker processes of this same command; each gets its own GPU when there are several."""
 
     gpus = torch.cuda.device_count()
     procs = []
     for i in range(workers):
-        env = dict(os.environ)
+        cmd, env = worker_command(argv_tail, url)
         if gpus > 1:
             env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
-        cmd = [sys.executable, "-m", "nin_search", *argv_tail, "--workers", "1", "--worker"]
         # a session of their own: the terminal's Ctrl-C reaches them once, forwarded below
         procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
     try:

@@ -24,10 +24,20 @@ ARTIFACTS = Path("mlruns/artifacts")
 KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
+SECRET_KEYS = {"password", "passwd", "pwd", "pass", "secret", "token"}  # query parameters
+
+
 def mask(url: str) -> str:
-    """The URL with any password replaced by ***, for printing and logging."""
+    """The URL with any password replaced by ***, for printing and logging: user:password@
+    and query parameters such as ?password=... SQLite URLs and plain paths hold no password
+    and are returned as they are (a ':' or '@' in a path is part of the file's name)."""
+    if url.startswith("sqlite:") or "://" not in url:
+        return url
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        u = make_url(url)
+        query = {k: ("***" if k.lower() in SECRET_KEYS else v) for k, v in u.query.items()}
+        shown = u.set(query=query).render_as_string(hide_password=True)
+        return shown.replace("%2A%2A%2A", "***")  # the query part comes URL-encoded
     except Exception:  # not an SQLAlchemy URL (a file path, http://...): mask user:pass@ by hand
         head, sep, tail = url.rpartition("@")
         if sep and "://" in head and ":" in head.split("://", 1)[1]:
@@ -118,11 +128,14 @@ def ui_command(uri: str) -> str:
     )
 
 
-def ui_args(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
-    """argv of `mlflow server` on this store; artifacts of new experiments go to mlruns/."""
+def ui_args(uri: str, host: str = "127.0.0.1", port: int = 5000) -> tuple[list[str], dict]:
+    """argv and environment of `mlflow server` on this store; artifacts of new experiments go
+    to mlruns/. The store's URL travels in $MLFLOW_BACKEND_STORE_URI, never on the command
+    line, where `ps` shows it (and its password) to every user of the machine."""
     import sys
 
-    args = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
+    args = [sys.executable, "-m", "mlflow", "server"]
     if uri == DEFAULT_URI:
         args += ["--default-artifact-root", ARTIFACTS.resolve().as_uri()]
-    return args + ["--host", host, "--port", str(port)]
+    env = dict(os.environ) | {"MLFLOW_BACKEND_STORE_URI": uri}
+    return args + ["--host", host, "--port", str(port)], env

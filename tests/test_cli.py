@@ -344,10 +344,63 @@ def test_ui_command_binds_loopback_and_masks_passwords():
     from nin_search.tracking import DEFAULT_URI, ui_args, ui_command
 
     url = "postgresql://nin:s3cret@db-host/mlflow"
-    args = ui_args(url)
-    # the server gets the real URL; what is shown to people has it masked
-    assert args[args.index("--backend-store-uri") + 1] == url
+    args, env = ui_args(url)
+    # the server gets the real URL through its environment, never on its command line, where
+    # `ps` shows it to every user; what is shown to people has it masked
+    assert env["MLFLOW_BACKEND_STORE_URI"] == url
+    assert not any("s3cret" in a for a in args)
     assert args[args.index("--host") + 1] == "127.0.0.1"
     assert "s3cret" not in ui_command(url) and "nin:***@db-host" in ui_command(url)
     assert ui_command(DEFAULT_URI) == "python -m nin_search ui"
-    assert "--default-artifact-root" in ui_args(DEFAULT_URI)
+    assert "--default-artifact-root" in ui_args(DEFAULT_URI)[0]
+
+
+def test_workers_get_the_storage_url_in_their_environment_not_their_argv():
+    from nin_search.sweep import worker_command
+
+    url = "postgresql://nin:s3cret@db-host/optuna"
+    cmd, env = worker_command(["sweep", "study.toml", "--set=train.lr=0.1"], url)
+    # ps shows every user the command line: no password there, the URL in the environment
+    assert not any("s3cret" in a for a in cmd) and "--storage" not in cmd
+    assert env["NIN_SEARCH_STORAGE"] == url
+    assert cmd[-2:] == ["1", "--worker"] and "study.toml" in cmd
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # SQLite and plain paths hold no password: shown exactly, ':' and '@' included
+        ("sqlite:////tmp/a:b@c/optuna.db", "sqlite:////tmp/a:b@c/optuna.db"),
+        ("/tmp/x@y/journal.log", "/tmp/x@y/journal.log"),
+        ("journal:/tmp/a@b.log", "journal:/tmp/a@b.log"),
+        # user:password@ and ?password= are masked
+        ("postgresql://nin:s3cret@h/db", "postgresql://nin:***@h/db"),
+        ("postgresql://nin@h/db?password=s3cret", "postgresql://nin@h/db?password=***"),
+        ("http://nin:s3cret@h:5000/x", "http://nin:***@h:5000/x"),
+    ],
+)
+def test_mask_hides_passwords_and_leaves_paths_alone(url: str, shown: str):
+    from nin_search.tracking import mask
+
+    assert mask(url) == shown
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/abs", "..", ".hidden", "a/b\\c"])
+def test_report_folder_stays_under_out_whatever_the_study_name(tmp_path: Path, name: str):
+    from nin_search.report import report_dir
+
+    root = tmp_path / "reports"
+    out = report_dir(root, name)
+    # one folder directly under --out: no '..', no absolute path, no separator gets through
+    assert out.parent == root and out.resolve().parent == root.resolve()
+    assert out.name not in ("", ".", "..")
+
+
+def test_report_folder_keeps_spaces_and_unicode_and_bounds_long_names(tmp_path: Path):
+    from nin_search.report import report_dir
+
+    assert report_dir(tmp_path, "ablate head é").name == "ablate head é"
+    long = report_dir(tmp_path, "x" * 400)
+    # a name longer than a file system allows still makes a usable folder, distinct per name
+    assert len(long.name.encode()) <= 200 and long != report_dir(tmp_path, "x" * 401)
+    long.mkdir()
