@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,7 +62,8 @@ class DataConfig:
     data_dir: str = _f("")  # "" = NIN_SEARCH_DATA, Debian's package, ./data, then download
     resize: int = _f(224, lo=0, hi=1024)  # pixels per side, resized on the device; 0 = native 28
     augment: bool = _f(False)  # on-device random flip and 2 px random crop
-    val_size: int = _f(5000, lo=0)  # images held out of the training split for tuning
+    # images held out of the training split for tuning; every epoch is validated on them
+    val_size: int = _f(5000, lo=1)
     split_seed: int = _f(0, lo=0)  # the held-out split; fixed so seeds and arms share it
     train_subset: int = _f(0, lo=0)  # 0 = all remaining training images
 
@@ -162,7 +164,7 @@ def _allowed(f: dataclasses.Field) -> str:
     m = f.metadata
     if m.get("choices"):
         return "one of " + ", ".join(repr(c) for c in m["choices"])
-    kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[
+    kind = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}[
         type(f.default)
     ]
     lo, hi = m.get("lo"), m.get("hi")
@@ -192,7 +194,7 @@ def check_value(key: str, value: Any, source: str) -> Any:
         raise bad
     if hi is not None and value > hi:
         raise bad
-    if want is float and value != value:  # NaN
+    if want is float and not math.isfinite(value):  # nan, inf: no float key takes them
         raise bad
     return value
 

@@ -221,6 +221,11 @@ def to_input(x: torch.Tensor, size: int) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+def train_images(n: int, batch_size: int) -> int:
+    """Images a training epoch over n images uses: all but a lone last one (see batches)."""
+    return n - 1 if n % batch_size == 1 and n > 1 else n
+
+
 def batches(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -229,12 +234,17 @@ def batches(
     gen: torch.Generator | None = None,
     train: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(inputs, labels) batches: shuffled and augmented when train, in order otherwise."""
+    """(inputs, labels) batches: shuffled and augmented when train, in order otherwise.
+
+    A training epoch drops a last batch of one image (another one each epoch): BatchNorm cannot
+    normalise a single value per channel ("Expected more than 1 value per channel")."""
     order = (
         torch.randperm(len(x), device=x.device, generator=gen)
         if train
         else torch.arange(len(x), device=x.device)
     )
+    if train and len(order) % batch_size == 1 and len(order) > 1:
+        order = order[:-1]
     for idx in order.split(batch_size):
         xb = x[idx]
         if train and cfg.augment:

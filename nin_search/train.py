@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from nin_search.config import Config, ConfigError, TrainConfig
-from nin_search.data import Data, batches
+from nin_search.data import Data, batches, train_images
 from nin_search.model import build_model
 
 try:  # a progress bar where tqdm is installed; the engine itself needs torch alone
@@ -196,7 +196,8 @@ def fit(
         torch.backends.cudnn.benchmark = True
     step_model = torch.compile(model) if (t.compile and cuda) else model
     opt = make_optimizer(t, model.parameters())
-    steps = math.ceil(len(data.train_x) / t.batch_size)
+    images = train_images(len(data.train_x), t.batch_size)  # a lone last image is dropped
+    steps = math.ceil(images / t.batch_size)
     sched = make_schedule(t, opt, steps)
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     check_every = CUDA_CHECK_EVERY if cuda else 1  # on the CPU a check costs nothing
@@ -253,11 +254,11 @@ def fit(
         metrics = {
             "epoch": epoch,
             "train_loss": losses.mean().item(),
-            "train_acc": correct.item() / len(data.train_x),
+            "train_acc": correct.item() / images,
             "val_loss": val_loss,
             "val_acc": val_acc,
             "lr": opt.param_groups[0]["lr"],
-            "img_per_s": len(data.train_x) / train_time,
+            "img_per_s": images / train_time,
             "epoch_time_s": time.perf_counter() - start,
         }
         if cuda:

@@ -181,7 +181,7 @@ def test_summary_csv_lists_every_layer(tmp_path: Path):
 
 BAD = [
     (["--set", "train.lrr=0.1"], "unknown key 'train.lrr'"),
-    (["--set", "train.lr=fast"], "train.lr = 'fast' is not allowed; expected a number"),
+    (["--set", "train.lr=fast"], "train.lr = 'fast' is not allowed; expected a finite number"),
     (["--set", "train.lr=-1"], "train.lr = -1 is not allowed"),
     (["--set", "model.mlp_kernel=2"], "model.mlp_kernel = 2 is not allowed; expected one of 1, 3"),
     (["--set", "train.epochs=2.5"], "train.epochs = 2.5 is not allowed; expected an integer"),

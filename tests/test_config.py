@@ -14,6 +14,7 @@ from nin_search.config import (
     ConfigError,
     apply,
     config_hash,
+    fields_by_name,
     flatten,
     load_config,
     parse_overrides,
@@ -210,10 +211,10 @@ def test_unknown_table_is_named(tmp_path):
 @pytest.mark.parametrize(
     "item, allowed",
     [
-        ("train.lr='0.1'", "a number"),  # string for a float
+        ("train.lr='0.1'", "a finite number"),  # string for a float
         ("train.epochs=2.5", "an integer"),  # float for an int
         ("model.batch_norm=1", "true or false"),  # int for a bool
-        ("train.lr=true", "a number"),  # bool for a float (bool is an int in Python)
+        ("train.lr=true", "a finite number"),  # bool for a float (bool is an int in Python)
         ("train.epochs=true", "an integer"),  # bool for an int
         ("model.head=3", "one of 'gap', 'fc'"),  # int for a string with choices
     ],
@@ -235,8 +236,8 @@ def test_wrong_type_names_key_value_and_type(item, allowed):
         ("model.width=0", "(0.0, 8.0]"),
         ("train.momentum=1.0", "[0.0, 0.9999]"),
         ("model.preset='vgg'", "'nin19'"),
-        ("train.lr=nan", "a number"),
-        ("train.lr=inf", "a number"),
+        ("train.lr=nan", "a finite number"),
+        ("train.lr=inf", "a finite number"),
     ],
 )
 def test_out_of_range_names_key_value_and_range(item, allowed):
@@ -353,3 +354,21 @@ def test_flatten_uses_dotted_names():
     assert (flat["train.lr"], flat["model.preset"], flat["data.resize"]) == (0.05, "d2l", 224)
     # grouped by section in declaration order: model, data, train first
     assert list(dict.fromkeys(k.split(".")[0] for k in flat))[:3] == ["model", "data", "train"]
+
+
+FLOAT_KEYS = [k for k, f in fields_by_name().items() if isinstance(f.default, float)]
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_every_float_key_refuses_non_finite_values(key: str, value: str):
+    # inf once reached the schedule (train.warmup_epochs = inf: OverflowError) before any check
+    message = error_of(overrides=[f"{key}={value}"])
+    assert key in message and "a finite number" in message
+
+
+def test_val_size_zero_is_refused_before_training():
+    # every epoch is validated: with no validation images evaluate() divided by zero after
+    # a whole epoch of training
+    message = error_of(overrides=["data.val_size=0"])
+    assert "data.val_size = 0 is not allowed" in message and ">= 1" in message

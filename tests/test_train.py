@@ -290,3 +290,27 @@ def test_evaluate_of_a_trained_model_agrees_with_history():
     data = split_data(x, y, cfg.data, "cpu")
     # evaluating the returned model on the validation split reproduces the logged val_acc
     assert evaluate(result.model, data.val_x, data.val_y, data)[1] == result.history[-1]["val_acc"]
+
+
+def test_batch_norm_trains_when_the_last_batch_would_hold_one_image():
+    # 65 training images at batch 16: the epoch's last batch would be a single image, which
+    # BatchNorm cannot normalise ("Expected more than 1 value per channel"); it is dropped
+    result = run(["model.batch_norm=true", "train.epochs=2"], n=81, val=16)
+    assert result.status == "completed" and len(result.history) == 2
+    # 64 of the 65 images train each epoch, in 4 steps of 16
+    assert 0.0 <= result.history[-1]["train_acc"] <= 1.0
+    assert result.history[-1]["train_loss"] == result.history[-1]["train_loss"]  # finite
+
+
+def test_training_batches_drop_only_a_lone_last_image():
+    from nin_search.data import batches, train_images
+
+    cfg = load_config(overrides=SMALL_RUN)
+    x, y = squares(33)
+    gen = torch.Generator().manual_seed(0)
+    sizes = [len(yb) for _, yb in batches(x, y, 16, cfg.data, gen, train=True)]
+    # 33 = 16 + 16 + 1: the lone image goes, and train_images counts what is used
+    assert sizes == [16, 16] and train_images(33, 16) == 32
+    # 34 = 16 + 16 + 2 keeps every image; evaluation batches keep everything always
+    assert [len(b) for _, b in batches(*squares(34), 16, cfg.data, gen, train=True)] == [16, 16, 2]
+    assert [len(b) for _, b in batches(x, y, 16, cfg.data)] == [16, 16, 1]
