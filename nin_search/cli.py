@@ -176,7 +176,7 @@ def _duration(text: str | None) -> float | None:
         )
     except ValueError:
         seconds = -1
-    if seconds <= 0:
+    if not 0 < seconds < float("inf"):  # nan and NaT compare False: refused too
         raise ConfigError(f"--timeout {text!r}: expected a positive duration like 90m, 2h, 3600")
     return seconds
 
@@ -249,11 +249,31 @@ def _ui(args: argparse.Namespace) -> int:
 
     from nin_search.tracking import mask, setup_tracking, ui_args
 
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port} is not allowed; expected 1..65535")
+    _free_port(args.host, args.port)
     uri = setup_tracking()
     cmd, env = ui_args(uri, args.host, args.port)
     print("starting:", " ".join(cmd[2:]), f"(backend store {mask(uri)})", flush=True)
     print(f"open http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     return subprocess.call(cmd, env=env)
+
+
+def _free_port(host: str, port: int) -> None:
+    """--host must resolve and --port be free there, or mlflow server fails with a traceback
+    (or, on a port in use, exits 0 and the URL shown is another server's)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise ConfigError(f"--host {host!r} does not resolve: {e}") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise ConfigError(f"--port {port} on {host} is not free: {e.strerror}") from None
 
 
 COMMANDS = {

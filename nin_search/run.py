@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -182,10 +183,10 @@ def lr_finder_run(
     device = resolve_device(cfg.train.device)
     cfg = resolved(cfg, device)
     summarize(cfg)  # validates the input size before any data is read
+    folder = Path(out or Path("reports/lr-finder") / time.strftime("%Y%m%d-%H%M%S"))
+    _check_out(folder)  # before MLflow or the data are touched
     uri = setup_tracking()
     exp_id = experiment_id(experiment)
-    folder = Path(out or Path("reports/lr-finder") / time.strftime("%Y%m%d-%H%M%S"))
-    folder.mkdir(parents=True, exist_ok=True)
     data = load_data(cfg.data, device, with_test=False)
     if profile_note:
         say(profile_note)
@@ -238,6 +239,7 @@ def lr_finder_run(
         # lr_finder.rule and lr_finder.smoothing are params already, under those names
         mlflow.set_tags({"nin.status": finding.status, "nin.message": finding.message[:5000]})
         report = finding.to_json() | {"mlflow_run_id": run.info.run_id, "config": flatten(cfg)}
+        folder.mkdir(parents=True, exist_ok=True)
         (folder / "lr_finder.json").write_text(json.dumps(report, indent=2))
         lr_finder_curve(finding).write_html(folder / "lr_finder.html")
         mlflow.log_artifact(str(folder / "lr_finder.json"))
@@ -255,6 +257,15 @@ def lr_finder_run(
     say(f"plot: {folder / 'lr_finder.html'}  json: {folder / 'lr_finder.json'}")
     say(f"run {run.info.run_id} logged to {mask(uri)}; open the MLflow UI with: {ui_command(uri)}")
     return finding, run.info.run_id
+
+
+def _check_out(folder: Path) -> None:
+    """--out must be a folder this user can write, or one that can be made."""
+    parent = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if parent.exists() and not parent.is_dir():
+        raise ConfigError(f"--out {folder}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {folder}: {parent} is not writable")
 
 
 def lr_range_from_finder(

@@ -23,8 +23,23 @@ from nin_search.config import ConfigError
 from nin_search.tracking import mask
 
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
+
+
 # seconds between heartbeats of a running trial; a trial silent for 3x that is failed and retried
-HEARTBEAT_S = int(os.environ.get("NIN_SEARCH_HEARTBEAT_S", "20"))
+def heartbeat_s() -> int:
+    """$NIN_SEARCH_HEARTBEAT_S (default 20), read when a store opens: a bad value is a one-line
+    ConfigError naming the variable, never a traceback at import."""
+    raw = os.environ.get("NIN_SEARCH_HEARTBEAT_S", "20")
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(
+            f"NIN_SEARCH_HEARTBEAT_S={raw!r} is not allowed; expected whole seconds >= 1 "
+            "(default 20)"
+        )
+    return value
 
 
 def storage_url(arg: str | None) -> str:
@@ -46,6 +61,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An RDB storage with heartbeats (SQLite, PostgreSQL, MySQL) or a journal file."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # we print one line per trial, no traces
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    beat = heartbeat_s()  # before anything is created, and never blamed on --storage
     try:
         if url.startswith("journal:") or url.endswith((".log", ".journal", ".jsonl")):
             path = url.removeprefix("journal:")
@@ -61,8 +77,8 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.RDBStorage(
             url,
             engine_kwargs=engine,
-            heartbeat_interval=HEARTBEAT_S,
-            grace_period=3 * HEARTBEAT_S,
+            heartbeat_interval=beat,
+            grace_period=3 * beat,
             heartbeat_stale_trial_callback=end_stale_run,
         )
     except Exception as e:  # sqlalchemy, driver and OS errors alike: the store is unusable
@@ -94,4 +110,4 @@ def directory_lock():
             os.close(fd)  # releases the lock
 
 
-__all__ = ["DEFAULT_STORAGE", "HEARTBEAT_S", "storage_url", "open_storage", "directory_lock"]
+__all__ = ["DEFAULT_STORAGE", "heartbeat_s", "storage_url", "open_storage", "directory_lock"]

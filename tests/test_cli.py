@@ -404,3 +404,72 @@ def test_report_folder_keeps_spaces_and_unicode_and_bounds_long_names(tmp_path: 
     # a name longer than a file system allows still makes a usable folder, distinct per name
     assert len(long.name.encode()) <= 200 and long != report_dir(tmp_path, "x" * 401)
     long.mkdir()
+
+
+@pytest.mark.parametrize("raw", ["abc", "0", "-3"])
+def test_bad_heartbeat_variable_is_one_line_naming_it_and_writes_nothing(
+    tmp_path: Path, monkeypatch, raw: str
+):
+    from nin_search.storage import open_storage
+
+    monkeypatch.setenv("NIN_SEARCH_HEARTBEAT_S", raw)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    # the variable is named, not --storage; no store was created on the way
+    assert str(e.value).startswith(f"NIN_SEARCH_HEARTBEAT_S={raw!r}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _main_error(capsys, *argv: str) -> tuple[int, str]:
+    from nin_search.cli import main
+
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_lr_finder_out_naming_a_file_exits_2_before_anything_is_written(
+    tmp_path: Path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "taken").write_text("x")
+    code, err = _main_error(capsys, "lr-finder", "--profile", "cpu", "--out", "taken/sub")
+    assert code == 2 and err.count("\n") == 1 and "taken is a file, not a folder" in err
+    # no MLflow store, no reports folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-1"])
+def test_ui_port_out_of_range_exits_2(tmp_path: Path, monkeypatch, capsys, port: str):
+    monkeypatch.chdir(tmp_path)
+    code, err = _main_error(capsys, "ui", f"--port={port}")
+    assert code == 2 and f"--port {port} is not allowed; expected 1..65535" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ui_on_a_port_in_use_exits_2(tmp_path: Path, monkeypatch, capsys):
+    import socket
+
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        code, err = _main_error(capsys, "ui", "--port", str(port))
+    # another server has the port: say so instead of showing its URL as ours
+    assert code == 2 and f"--port {port} on 127.0.0.1 is not free" in err
+
+
+def test_ui_host_that_does_not_resolve_exits_2(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, err = _main_error(capsys, "ui", "--host", "no-such-host.invalid")
+    assert code == 2 and "--host 'no-such-host.invalid' does not resolve" in err
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "0", "-5", "soon"])
+def test_timeout_must_be_a_positive_finite_duration(text: str):
+    from nin_search.cli import _duration
+
+    with pytest.raises(ConfigError, match="expected a positive duration"):
+        _duration(text)
