@@ -28,6 +28,7 @@ from torch import nn
 from nin_search.config import Config, ConfigError, apply, flatten
 from nin_search.model import build_model
 from nin_search.study import OBJECTIVES, Study
+from nin_search.tracking import mask, tracking_uri
 
 WEIGHTS = "nin_weights.pt"  # the state dict and config, inside the MLflow model's extra_files/
 FORMAT = "nin-search-weights/1"
@@ -272,9 +273,7 @@ def resolve(ref: str) -> tuple[str, str | None]:
             return live[-1], run_id
         return model_id, client.get_logged_model(model_id).source_run_id
     except MlflowException as e:
-        raise ConfigError(
-            f"{ref!r}: not found in {mlflow.get_tracking_uri()}: {_first(e)}"
-        ) from None
+        raise ConfigError(f"{ref!r}: not found in {mask(tracking_uri())}: {_first(e)}") from None
 
 
 def load(ref: str) -> Loaded:

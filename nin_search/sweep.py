@@ -27,7 +27,7 @@ from nin_search.ablation import check_same_ablation
 from nin_search.config import ConfigError, flatten
 from nin_search.storage import directory_lock, open_storage
 from nin_search.study import OBJECTIVES, Study, grid, spec
-from nin_search.tracking import experiment_id, mask, setup_tracking, ui_command
+from nin_search.tracking import experiment_id, mask, setup_tracking, tracking_uri, ui_command
 from nin_search.train import resolved
 from nin_search.trial import (
     DataCache,
@@ -342,7 +342,7 @@ def _summary(
             f"best {study.objective} {best.value:.4f} (trial {best.number}: {params}); "
             + ("improved during this run" if improved else "not improved during this run")
         )
-    uri = mlflow.get_tracking_uri()
+    uri = tracking_uri()
     print(
         f"Optuna: {mask(url)} (optuna-dashboard {mask(url)}); MLflow: experiment "
         f"{study.name!r}, parent run {parent}; open the UI with: {ui_command(uri)}"

@@ -58,7 +58,11 @@ def setup_tracking() -> str:
     uri = tracking_uri()
     if uri == DEFAULT_URI:
         Path("mlruns").mkdir(exist_ok=True)
-    mlflow.set_tracking_uri(uri)
+        # MLflow caches its store per URI string for the life of the process: the relative
+        # default would stay bound to the first working directory it was used in
+        mlflow.set_tracking_uri(f"sqlite:///{Path('mlruns/mlflow.db').resolve()}")
+    else:
+        mlflow.set_tracking_uri(uri)
     return uri
 
 
