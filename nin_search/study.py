@@ -2,7 +2,7 @@
 
     name = "nin-lr-dropout-depth"
     n_trials = 40                       # finished trials (complete or pruned) to reach
-    profile = "d2l"                     # optional: d2l | cpu | quick, under the tables below
+    profile = "d2l"                     # optional: auto | d2l | cpu | quick, before the tables
     keep_models = "best"                # best (default) | all | none: trial models kept in MLflow
     [train]                             # optional [model] [data] [train] [lr_finder] overrides
     epochs = 10
@@ -185,9 +185,14 @@ def _header(path: str, doc: dict, keys: set[str], objective: str) -> tuple[str, 
     if not name.strip():
         raise ConfigError(f"{path}: name must not be empty")
     profile = doc.get("profile")
+    if profile == "auto":  # as --profile auto: d2l on CUDA, cpu otherwise (torch asked lazily)
+        import torch
+
+        profile = "d2l" if torch.cuda.is_available() else "cpu"
     if profile is not None and profile not in PROFILES:
         raise ConfigError(
-            f"{path}: profile = {profile!r} is not allowed; expected one of {', '.join(PROFILES)}"
+            f"{path}: profile = {profile!r} is not allowed; expected auto or one of "
+            f"{', '.join(PROFILES)}"
         )
     objective = doc.get("objective", objective)
     if objective not in OBJECTIVES:

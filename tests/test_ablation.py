@@ -417,3 +417,17 @@ def test_killed_ablation_worker_cell_is_retried_under_its_own_arm(tmp_path, data
     cells = pd.read_csv(tmp_path / "reports" / "kill" / "cells.csv")
     row = cells[cells["trial"] == retry.number]
     assert row["arm"].item() == retry.params["arm"]  # reported under its own arm
+
+
+@pytest.mark.parametrize(("cuda", "want"), [(False, "cpu"), (True, "d2l")])
+def test_profile_auto_in_a_study_file_is_cpu_without_cuda_and_d2l_with_it(
+    tmp_path, monkeypatch, cuda: bool, want: str
+):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    path = tmp_path / "a.toml"
+    arms = '[arms.x]\n"model.head" = "gap"\n[arms.y]\n"model.head" = "fc"\n'
+    path.write_text('name = "a"\nprofile = "auto"\n' + arms)
+    # the file says auto; the study holds the profile it resolved to, as --profile auto does
+    assert load_ablation(str(path)).profile == want
