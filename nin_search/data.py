@@ -243,8 +243,8 @@ def batches(
         if train
         else torch.arange(len(x), device=x.device)
     )
-    if train and len(order) % batch_size == 1 and len(order) > 1:
-        order = order[:-1]
+    if train:
+        order = order[: train_images(len(order), batch_size)]
     for idx in order.split(batch_size):
         xb = x[idx]
         if train and cfg.augment:
