@@ -1,13 +1,13 @@
 """Does the lr-finder's lr train as well as a grid search's best? Regret per rule (issue 11).
 
-    .venv/bin/python benchmarks/lr_finder_regret.py            # the full run: ~11 h on 2 cores
+    .venv/bin/python benchmarks/lr_finder_regret.py            # the full run: ~9 h on 2 cores
     .venv/bin/python benchmarks/lr_finder_regret.py --configs adamw/lin2013 --seeds 1 \
         --grid-points 3 --epochs 1 --set data.train_subset=1000   # a smoke run, ~1 minute
 
 Six configurations on the `cpu` profile (real Fashion-MNIST): SGD, SGD with momentum 0.9 and AdamW,
 each on the profile's model (lin2013 at 28 px, width 0.5, BatchNorm) and on the same at
 model.width=0.25 (`--models` adds `nobn`, lin2013 without BatchNorm). For each:
-1. a log-spaced train.lr grid per optimizer (--grid-points, 10 over 3 decades by default, chosen to
+1. a log-spaced train.lr grid per optimizer (--grid-points, 8 over 3 decades by default, chosen to
    bracket the optimum; a grid-best at either end is flagged), --seeds seeds a point
    (train.seed = 0, 1, ...), each trained for the profile's train.epochs (--epochs overrides); the
    score is the final val_acc, a diverged run counts as chance;
@@ -20,12 +20,20 @@ sweep range. Then per rule over all configurations, and the issue's targets chec
 (LRFinderConfig's rule and smoothing): regret <= 1.0 point in >= 5 of 6, lr within 3x of the
 grid-best in >= 5 of 6, grid-best in the sweep range in 6 of 6. Set the default rule from this
 table. Prints markdown; imports only torch and nin_search's engine, so it runs on a bare GPU box.
+
+Every finished run and range test is appended to --cache (a JSON-lines file, one record per run,
+keyed by its overrides, lr, seed and torch version) and reused by a later invocation, so the
+full run can be done in pieces (`--configs adamw/lin2013` today, the rest another day) and the
+table printed from the cache once all six are in. `--threads N` bounds torch's intra-op threads
+(leave a core free for other work). Delete the file, or pass --cache '', to start over.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import statistics
 import time
 
@@ -33,7 +41,7 @@ import torch
 
 from nin_search.config import FINDER_RULES, LRFinderConfig, load_config
 from nin_search.data import load_data
-from nin_search.lr_finder import find_lr, suggest
+from nin_search.lr_finder import Curve, find_lr, suggest
 from nin_search.train import fit, resolve_device
 
 PROFILE = "cpu"
@@ -81,6 +89,20 @@ def select(names: list[str], wanted: str) -> list[str]:
     return out
 
 
+CACHE = os.path.join(os.path.dirname(__file__), "results", "lr_finder_regret.jsonl")
+
+
+def load_cache(path: str) -> dict[str, dict]:
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return {r["key"]: r for r in map(json.loads, filter(str.strip, f))}
+
+
+def cache_key(kind: str, sets: list[str], lr: float | None = None, seed: int | None = None) -> str:
+    return json.dumps([kind, PROFILE, sorted(sets), lr, seed, torch.__version__])
+
+
 def grid(opt: str, points: int) -> list[float]:
     _, lo, hi = OPTIMIZERS[opt]
     if points == 1:
@@ -93,11 +115,24 @@ def main() -> None:
     ap.add_argument("--configs", default="", help="comma-separated names, optimizers or models")
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS), help=", ".join(MODELS))
     ap.add_argument("--seeds", type=int, default=2, help="seeds per lr (train.seed 0..n-1)")
-    ap.add_argument("--grid-points", type=int, default=10, help="log-spaced lrs per optimizer")
+    ap.add_argument("--grid-points", type=int, default=8, help="log-spaced lrs per optimizer")
     ap.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
     ap.add_argument("--smoothings", default=",".join(SMOOTHINGS))
     ap.add_argument("--set", action="append", default=[], dest="sets", help="KEY=VALUE")
+    ap.add_argument("--cache", default=CACHE, help="JSON-lines file of finished runs ('' = none)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cached = load_cache(args.cache)
+
+    def remember(record: dict) -> None:
+        cached[record["key"]] = record
+        if args.cache:
+            os.makedirs(os.path.dirname(os.path.abspath(args.cache)), exist_ok=True)
+            with open(args.cache, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if unknown := set(models) - set(MODELS):
         raise SystemExit(f"--models: unknown {sorted(unknown)}; known: {', '.join(MODELS)}")
@@ -110,10 +145,10 @@ def main() -> None:
 
     full_epochs = load_config(profile=PROFILE).train.epochs
     n_rules = len(FINDER_RULES) * len(SMOOTHINGS)
-    full_runs = len(configs(list(DEFAULT_MODELS))) * (10 + n_rules) * 2
+    full_runs = len(configs(list(DEFAULT_MODELS))) * (8 + n_rules) * 2
     runs = len(chosen) * (args.grid_points + len(FINDER_RULES) * len(smoothings)) * args.seeds
     print(
-        f"cost: the full run (6 configurations x (10 grid lrs + up to {n_rules} rule lrs) x 2 "
+        f"cost: the full run (6 configurations x (8 grid lrs + up to {n_rules} rule lrs) x 2 "
         f"seeds) is up to {full_runs} runs x {full_epochs} epochs = {full_runs * full_epochs} "
         f"epochs of {55_000:,} images, plus 6 range tests of {LRFinderConfig().num_iter} steps; "
         f"this run: up to {runs} runs x {epochs} epochs = {runs * epochs} epochs",
@@ -129,6 +164,11 @@ def main() -> None:
     started, full_epoch_s = time.perf_counter(), []
 
     def score(sets: list[str], lr: float, seed: int) -> float:
+        key = cache_key("run", sets, lr, seed)
+        if key in cached:
+            r = cached[key]
+            print(f"  lr {lr:.3g} seed {seed}: {r['status']} val_acc {r['val_acc']:.4f} (cached)")
+            return r["val_acc"]
         cfg = load_config(
             overrides=sets + [f"train.lr={lr}", f"train.seed={seed}"], profile=PROFILE
         )
@@ -143,6 +183,19 @@ def main() -> None:
             f"  lr {lr:.3g} seed {seed}: {r.status} val_acc {acc:.4f} "
             f"({time.perf_counter() - t:.0f} s; the full run at this pace: ~{hours:.1f} h)",
             flush=True,
+        )
+        remember(
+            {
+                "key": key,
+                "sets": sets,
+                "lr": lr,
+                "seed": seed,
+                "status": r.status,
+                "val_acc": acc,
+                "wall_s": round(time.perf_counter() - t, 1),
+                "device": str(data.train_x.device),
+                "precision": r.precision,
+            }
         )
         return acc
 
@@ -164,12 +217,18 @@ def main() -> None:
         )
         cfg = load_config(overrides=sets, profile=PROFILE)
         print(f"{name}: range test", flush=True)
-        finding = find_lr(cfg, data)
+        key = cache_key("range-test", sets)
+        if key in cached:
+            c = cached[key]["curve"]
+            curve = Curve(c["lrs"], c["losses"], c["smoothed"], c["stop_reason"], c["runs"])
+        else:
+            curve = find_lr(cfg, data).curve
+            remember({"key": key, "sets": sets, "curve": vars(curve)})
         cache: dict[float, float] = {}
         for smoothing in smoothings:
             for rule in FINDER_RULES:
                 key = f"{rule}/{smoothing}"
-                f = suggest(finding.curve, cfg.lr_finder.num_iter, rule, smoothing)
+                f = suggest(curve, cfg.lr_finder.num_iter, rule, smoothing)
                 if f.status != "ok":
                     rows.append(
                         f"| {name} | {best_lr:.3g} ({100 * best:.2f}){edge} | {label(key)} | "
