@@ -35,11 +35,11 @@ from nin_search.config import (
     ConfigError,
     apply,
     check_value,
-    fields_by_name,
     flatten,
     flatten_toml,
     read_toml,
 )
+from nin_search.space import Param, param
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "grid")
 PRUNERS = ("median", "hyperband", "successive-halving", "percentile", "none")
@@ -52,17 +52,6 @@ TOP_KEYS = {
     "name", "n_trials", "profile", "objective", "params", "sampler", "pruner", "keep_models",
 }  # fmt: skip
 KEEP_MODELS = ("best", "all", "none")  # trial models kept in MLflow: the best so far, all, none
-
-
-@dataclass
-class Param:
-    name: str  # dotted config key
-    kind: str  # "float" | "int" | "categorical" | "lr_finder"
-    low: float | int | None = None
-    high: float | int | None = None
-    log: bool = False
-    step: float | int | None = None
-    choices: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -97,60 +86,6 @@ class Study:
         if self.profile:
             cfg = apply(cfg, PROFILES[self.profile], f"{self.path}: profile {self.profile!r}")
         return apply(cfg, self.base, self.path)
-
-
-def _param(path: str, name: str, spec: Any) -> Param:
-    where = f'{path}: [params] "{name}"'
-    if name not in fields_by_name():
-        raise ConfigError(f"{where}: unknown key; known keys: {', '.join(fields_by_name())}")
-    if not isinstance(spec, dict):
-        raise ConfigError(
-            f"{where} = {spec!r}: expected {{ low, high, log }}, "
-            f"{{ choices = [...] }} or {{ from_lr_finder = true }}"
-        )
-    keys = set(spec)
-    if keys == {"from_lr_finder"}:
-        if name != "train.lr" or spec["from_lr_finder"] is not True:
-            raise ConfigError(f"{where}: from_lr_finder = true applies to train.lr only")
-        return Param(name, "lr_finder", log=True)
-    if "choices" in keys:
-        if keys != {"choices"}:
-            raise ConfigError(
-                f"{where}: choices cannot be combined with {sorted(keys - {'choices'})}"
-            )
-        choices = spec["choices"]
-        if not isinstance(choices, list) or not choices:
-            raise ConfigError(f"{where}: choices must be a non-empty list, but got {choices!r}")
-        return Param(
-            name, "categorical", choices=[check_value(name, c, f"{where} choice") for c in choices]
-        )
-    unknown = keys - {"low", "high", "log", "step"}
-    if unknown or not {"low", "high"} <= keys:
-        raise ConfigError(
-            f"{where}: a range needs low and high (optional log, step), "
-            f"but got keys {sorted(keys)}"
-        )
-    low, high, log = spec["low"], spec["high"], spec.get("log", False)
-    for bound in (low, high):
-        if isinstance(bound, bool) or not isinstance(bound, int | float):
-            raise ConfigError(f"{where}: low and high must be numbers, but got {bound!r}")
-    if not isinstance(log, bool):
-        raise ConfigError(f"{where}: log must be true or false, but got {log!r}")
-    if low > high:
-        raise ConfigError(f"{where}: low = {low} is above high = {high}")
-    if log and low <= 0:
-        raise ConfigError(f"{where}: a log range needs low > 0, but got low = {low}")
-    kind = "int" if isinstance(low, int) and isinstance(high, int) else "float"
-    want = type(fields_by_name()[name].default)
-    if want is int and kind == "float":
-        raise ConfigError(f"{where}: {name} is an integer; give integer low and high")
-    if want not in (int, float):
-        raise ConfigError(f"{where}: {name} is not numeric; use {{ choices = [...] }}")
-    if want is float:
-        kind = "float"
-    for bound in (low, high):  # both ends must be values the config accepts
-        check_value(name, want(bound), f"{where} bound")
-    return Param(name, kind, low, high, log, spec.get("step"))
 
 
 def _typed(path: str, doc: dict, key: str, kind: type, allowed: str) -> Any:
@@ -218,7 +153,7 @@ def load_study(path: str, overrides: dict[str, Any] | None = None) -> Study:
             f"{path}: [params] is empty: give at least one dotted key, e.g. "
             f'"train.lr" = {{ low = 1e-3, high = 0.3, log = true }}'
         )
-    params = {k: _param(path, k, v) for k, v in raw.items()}
+    params = {k: param(path, k, v) for k, v in raw.items()}
     study = Study(
         name,
         path,
@@ -346,15 +281,7 @@ def with_params(study: Study, values: dict[str, Any], source: str) -> Config:
     return apply(study.base_config(), overrides | values, source)
 
 
-def grid(study: Study) -> dict[str, list[Any]]:
-    """The search space as lists, for Optuna's GridSampler."""
-    return {
-        k: (p.choices if p.kind == "categorical" else list(range(p.low, p.high + 1)))
-        for k, p in study.params.items()
-    }
-
-
-__all__ = ["Param", "Study", "load_study", "load_ablation", "with_params", "grid", "OBJECTIVES"]
+__all__ = ["Study", "load_study", "load_ablation", "with_params", "OBJECTIVES"]
 
 
 def spec(study: Study) -> dict[str, Any]:

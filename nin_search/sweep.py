@@ -25,8 +25,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nin_search.ablation import check_same_ablation
 from nin_search.config import ConfigError, flatten
+from nin_search.space import grid
 from nin_search.storage import directory_lock, open_storage
-from nin_search.study import OBJECTIVES, Study, grid, spec
+from nin_search.study import OBJECTIVES, Study, spec
 from nin_search.tracking import experiment_id, mask, setup_tracking, tracking_uri, ui_command
 from nin_search.train import resolved
 from nin_search.trial import (
@@ -61,7 +62,7 @@ def make_sampler(study: Study, offset: int = 0) -> optuna.samplers.BaseSampler:
         return CellSampler(study.cells(), offset)
     try:
         if spec["type"] == "grid":
-            return optuna.samplers.GridSampler(grid(study), **args)
+            return optuna.samplers.GridSampler(grid(study.params), **args)
         return classes[spec["type"]](**args)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{study.path}: [sampler] {spec['type']}: {e}") from None

@@ -27,7 +27,8 @@ from nin_search.accounting import summarize
 from nin_search.config import ConfigError, flatten
 from nin_search.data import Data, load_data
 from nin_search.model import check_input_size
-from nin_search.study import OBJECTIVES, Param, Study, with_params
+from nin_search.space import Param
+from nin_search.study import OBJECTIVES, Study, with_params
 from nin_search.tracking import run_tags
 from nin_search.train import evaluate, fit, resolve_device, resolved
 
