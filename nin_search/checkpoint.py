@@ -127,8 +127,10 @@ def _beats(ostudy, value: float, direction: str) -> bool:
         best = ostudy.best_value
     except ValueError:  # no complete trial yet
         return True
-    except RuntimeError:  # a multi-objective study has no single best: keep it
-        return True
+    except RuntimeError:  # several objectives: keep it unless a complete trial dominates it
+        from nin_search.pareto import dominated
+
+        return not dominated(ostudy, value)
     return value > best if direction == "maximize" else value < best
 
 

@@ -221,3 +221,47 @@ def confusion_matrix(counts: list[list[int]], classes, title: str = "") -> go.Fi
         fig.update_yaxes(title_text="true", autorange="reversed", row=1, col=col)
     fig.update_layout(title=title, template="plotly_white", height=620, width=1300)
     return fig
+
+
+def accuracy_vs_macs(points, front: set, metric: str, reference) -> go.Figure:
+    """Every complete trial's (trial, macs, value) on a log MACs axis, the Pareto trials joined
+    by a line, and the reference (macs, value or None, label): a star when its value is known,
+    else a vertical line at its MACs."""
+    fig = go.Figure()
+    points = [p for p in points if p[1]]
+    for on, name in ((False, "dominated"), (True, "Pareto front")):
+        group = sorted((p for p in points if (p[0] in front) == on), key=lambda p: p[1])
+        fig.add_trace(
+            go.Scatter(
+                x=[p[1] for p in group],
+                y=[p[2] for p in group],
+                text=[f"trial {p[0]}" for p in group],
+                mode="lines+markers" if on else "markers",
+                line={"shape": "hv"},
+                marker={"size": 10 if on else 7, "color": "crimson" if on else "lightgray"},
+                name=name,
+            )
+        )
+    macs, value, label = reference
+    if macs and value is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[macs],
+                y=[value],
+                mode="markers+text",
+                text=[label],
+                textposition="top center",
+                marker={"size": 16, "symbol": "star", "color": "black"},
+                name=f"{label} ({macs:,} MACs)",
+            )
+        )
+    elif macs:
+        fig.add_vline(
+            x=macs,
+            line_dash="dash",
+            annotation_text=f"{label}: {macs:,} MACs (accuracy not given)",
+        )
+    fig.update_xaxes(type="log", title_text="MACs per image (forward)")
+    fig.update_yaxes(title_text=metric)
+    fig.update_layout(title=f"{metric} against MACs", template="plotly_white")
+    return fig

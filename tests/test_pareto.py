@@ -1,0 +1,344 @@
+"""Accuracy against size through the CLI on real SQLite stores: a two-objective sweep (its
+Pareto front in Optuna, MLflow and the report), resume, a MACs budget that rejects samples
+untrained, and the study files Optuna cannot run (one line, exit 2, nothing written)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+import optuna
+import pandas as pd
+import pytest
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+from test_sweep import (
+    _env,
+    children,
+    parents,
+    sqlite_url,
+    sweep_ok,
+    with_mlflow_store,
+    write_study,
+)
+
+from nin_search import cli
+from nin_search.study import load_study
+
+PARETO = 'objective = ["best_val_acc", "macs"]'
+# widths 0.125 and 0.5 of the tiny NiN: 968,448 and 13,605,888 MACs at 16 px
+WIDTHS = {"model.width": "{ choices = [0.125, 0.5] }"}
+SPACE = WIDTHS | {"train.lr": "{ low = 1e-3, high = 1e-2, log = true }"}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store, migrated once, for the module's sweeps to copy."""
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def write_sized(folder: Path, name: str, data: Path, **kw) -> Path:
+    """write_study searching model.width: the tables leave it at its default, 1.0."""
+    path = write_study(folder, name, data, **kw)
+    path.write_text(path.read_text().replace("width = 0.25\n", ""))
+    return path
+
+
+@pytest.fixture(scope="module")
+def pareto(tmp_path_factory, data: Path, store: Path) -> SimpleNamespace:
+    """Two trials of a two-objective study, resumed to its target of 4, then `report`."""
+    folder = with_mlflow_store(tmp_path_factory.mktemp("pareto"), store)
+    write_sized(
+        folder,
+        "pareto",
+        data,
+        n_trials=4,
+        params=SPACE,
+        top=PARETO + '\n[reference]\nlabel = "tiny NiN"\nbest_val_acc = 0.5',
+        sampler='type = "tpe"\nseed = 0\nn_startup_trials = 2',
+    )
+    first = sweep_ok("study.toml", "--n-trials", "2", cwd=folder)
+    second = sweep_ok("study.toml", cwd=folder)
+    report = cli_report(folder)
+    study = optuna.load_study(study_name="pareto", storage=sqlite_url(folder))
+    return SimpleNamespace(folder=folder, first=first, second=second, study=study, report=report)
+
+
+def cli_report(folder: Path, name: str = "pareto") -> Path:
+    """`python -m nin_search report study.toml --out out` in folder; its report folder."""
+    res = subprocess.run(
+        [sys.executable, "-m", "nin_search", "report", "study.toml", "--out", "out"],
+        cwd=folder,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    # the report command succeeded
+    assert res.returncode == 0, res.stderr
+    return folder / "out" / name
+
+
+def test_two_objectives_give_a_study_with_two_directions(pareto):
+    # accuracy maximised, MACs minimised, in the file's order
+    assert pareto.study.directions == [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE]
+
+
+def test_resume_reaches_the_target_exactly(pareto):
+    done = pareto.study.get_trials(states=(TrialState.COMPLETE,))
+    # 2 trials, then 2 more up to n_trials = 4: no fifth, none failed or pruned
+    assert len(pareto.study.trials) == 4
+    assert len(done) == 4
+    assert "2 of 4 trials finished" in pareto.second.stdout
+
+
+def test_trial_values_are_its_accuracy_and_its_macs(pareto):
+    for t in pareto.study.trials:
+        # the second objective is the model's MACs, the first its best val accuracy
+        assert t.values[1] == t.user_attrs["macs"]
+        assert t.values[0] == max(t.user_attrs["val_acc"])
+        assert t.values[1] == {0.125: 968_448, 0.5: 13_605_888}[t.params["model.width"]]
+
+
+def test_multi_objective_trials_report_no_intermediate_values(pareto):
+    # Optuna cannot prune them: nothing is reported to a pruner
+    assert all(t.intermediate_values == {} for t in pareto.study.trials)
+
+
+def test_summary_prints_the_pareto_front_of_study_best_trials(pareto):
+    front = sorted(t.number for t in pareto.study.best_trials)
+    out = pareto.second.stdout
+    assert f"Pareto front of best_val_acc (max), macs (min): {len(front)} trials" in out
+    table = out.split("Pareto front of")[1].splitlines()[1 : 2 + len(front)]
+    # a header, then one row per Pareto trial, its number first
+    assert table[0].split()[:3] == ["trial", "best_val_acc", "macs"]
+    assert sorted(int(row.split()[0]) for row in table[1:]) == front
+
+
+def test_child_runs_log_every_objective(pareto):
+    runs = children(pareto.folder, "pareto")
+    by_trial = {int(r["tags.nin.trial"]): r for _, r in runs.iterrows()}
+    for t in pareto.study.trials:
+        run = by_trial[t.number]
+        assert run["metrics.objective_best_val_acc"] == pytest.approx(t.values[0])
+        assert run["metrics.objective_macs"] == t.values[1]
+
+
+def test_parent_run_holds_the_pareto_front(pareto):
+    parent = parents(pareto.folder, "pareto").iloc[0]
+    front = sorted(t.number for t in pareto.study.best_trials)
+    assert parent["tags.nin.pareto_trials"] == ",".join(map(str, front))
+    mlflow.set_tracking_uri(f"sqlite:///{pareto.folder / 'mlruns' / 'mlflow.db'}")
+    csv = mlflow.artifacts.load_text(f"runs:/{parent['run_id']}/pareto_front.csv")
+    assert sorted(pd.read_csv(pd.io.common.StringIO(csv))["trial"]) == front
+
+
+def test_report_pareto_front_csv_lists_study_best_trials(pareto):
+    frame = pd.read_csv(pareto.report / "pareto_front.csv")
+    best = {t.number: t for t in pareto.study.best_trials}
+    # one row per Pareto trial, with its values, size and sampled values
+    assert sorted(frame["trial"]) == sorted(best)
+    for row in frame.to_dict("records"):
+        t = best[row["trial"]]
+        assert row["best_val_acc"] == pytest.approx(t.values[0])
+        assert row["macs"] == t.values[1]
+        assert row["params"] == t.user_attrs["params"]
+        assert row["model.width"] == t.params["model.width"]
+        assert row["train.lr"] == pytest.approx(t.params["train.lr"])
+
+
+def test_report_writes_one_best_config_per_pareto_trial(pareto):
+    front = {t.number: t for t in pareto.study.best_trials}
+    written = sorted(pareto.report.glob("best_config_*.toml"))
+    assert [p.name for p in written] == sorted(f"best_config_{n}.toml" for n in front)
+    for n, t in front.items():
+        cfg = tomllib.loads((pareto.report / f"best_config_{n}.toml").read_text())
+        # the trial's own sampled values, ready for `train --config`
+        assert cfg["model"]["width"] == t.params["model.width"]
+        assert math.isclose(cfg["train"]["lr"], t.params["train.lr"])
+    assert not (pareto.report / "best_config.toml").exists()
+
+
+def test_report_draws_the_front_and_accuracy_against_macs(pareto):
+    for name in ("pareto_front", "accuracy_vs_macs", "index"):
+        assert (pareto.report / f"{name}.html").is_file(), name
+    page = (pareto.report / "index.html").read_text()
+    # the reference: the base config's MACs (width 1.0: 53,164,032) and its given accuracy
+    assert "tiny NiN (53,164,032 MACs)" in page
+    for t in pareto.study.best_trials:
+        assert f"<td>{t.number}</td>" in page
+
+
+def test_two_workers_finish_a_multi_objective_study_exactly(tmp_path: Path, data: Path, store):
+    folder = with_mlflow_store(tmp_path, store)
+    write_sized(folder, "duo", data, n_trials=3, params=SPACE, top=PARETO)
+    res = sweep_ok("study.toml", "--workers", "2", cwd=folder)
+    study = optuna.load_study(study_name="duo", storage=sqlite_url(folder))
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    # together they reach the target (each may finish the trial it had started when the other
+    # reached it), and the parent prints the front of all their trials
+    assert len(done) in (3, 4)
+    front = len(study.best_trials)
+    assert f"Pareto front of best_val_acc (max), macs (min): {front} trials" in res.stdout
+
+
+# --- a budget: over-budget samples are rejected untrained -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def budget(tmp_path_factory, data: Path, store: Path) -> SimpleNamespace:
+    folder = with_mlflow_store(tmp_path_factory.mktemp("budget"), store)
+    write_sized(
+        folder,
+        "budget",
+        data,
+        n_trials=6,
+        params=WIDTHS,
+        top='[constraints]\n"macs" = { max = 5e6 }',  # width 0.5 (13.6 M MACs) is over
+        sampler='type = "tpe"\nseed = 0\nn_startup_trials = 3',
+        pruner='type = "median"',
+    )
+    res = sweep_ok("study.toml", cwd=folder)
+    report = cli_report(folder, "budget")
+    study = optuna.load_study(study_name="budget", storage=sqlite_url(folder))
+    return SimpleNamespace(folder=folder, res=res, study=study, report=report)
+
+
+def test_over_budget_samples_are_never_trained(budget):
+    over = [t for t in budget.study.trials if "over_budget" in t.user_attrs]
+    # the seeded sampler drew width 0.5 at least once
+    assert over
+    runs = children(budget.folder, "budget")
+    by_trial = {int(r["tags.nin.trial"]): r for _, r in runs.iterrows()}
+    for t in over:
+        # pruned before any epoch: no curve, no reported value, no val metric in MLflow
+        assert t.state == TrialState.PRUNED
+        assert t.intermediate_values == {} and "epochs" not in t.user_attrs
+        assert math.isnan(by_trial[t.number].get("metrics.val_acc", math.nan))
+        assert by_trial[t.number]["tags.nin.state"] == "over-budget"
+
+
+def test_over_budget_samples_are_recorded_infeasible_with_their_size(budget):
+    for t in budget.study.trials:
+        # constraint = macs / max - 1: positive exactly when over budget
+        assert t.constraints["macs"] == pytest.approx(t.user_attrs["macs"] / 5e6 - 1)
+        assert (t.constraints["macs"] > 0) == ("over_budget" in t.user_attrs)
+        assert t.user_attrs["macs"] == {0.125: 968_448, 0.5: 13_605_888}[t.params["model.width"]]
+
+
+def test_n_trials_counts_trained_trials_only(budget):
+    trained = [t for t in budget.study.trials if "over_budget" not in t.user_attrs]
+    over = len(budget.study.trials) - len(trained)
+    # six trained trials, all within budget, however many samples were rejected
+    assert len(trained) == 6
+    assert all(t.user_attrs["macs"] <= 5e6 for t in trained)
+    assert f"{over} of {len(budget.study.trials)} samples over budget" in budget.res.stdout
+    assert "best feasible best_val_acc" in budget.res.stdout
+
+
+def test_report_gives_the_best_feasible_config_and_the_over_budget_count(budget):
+    over = sum("over_budget" in t.user_attrs for t in budget.study.trials)
+    page = (budget.report / "index.html").read_text()
+    assert f"budget macs &lt;= 5,000,000: {over} of {len(budget.study.trials)} samples" in page
+    cfg = tomllib.loads((budget.report / "best_config.toml").read_text())
+    # the best trial is a feasible one: the width within budget
+    assert cfg["model"]["width"] == 0.125
+
+
+def test_tpe_learns_to_avoid_the_over_budget_config(budget):
+    after_startup = [t for t in budget.study.trials if t.number >= 3]
+    # once TPE models the study, the infeasible width is (nearly) never drawn again
+    over = sum("over_budget" in t.user_attrs for t in after_startup)
+    assert over <= 1, [(t.number, t.params) for t in budget.study.trials]
+
+
+# --- what Optuna cannot run: one line, exit 2, nothing written ------------------------------
+
+BAD = [
+    (
+        "pruner in a multi-objective study",
+        {"top": PARETO, "pruner": 'type = "median"'},
+        "study.toml: [pruner] type = 'median' is not allowed with objective = "
+        "['best_val_acc', 'macs']: Optuna cannot prune a multi-objective study; use "
+        'type = "none"',
+    ),
+    (
+        "unknown objective",
+        {"top": 'objective = ["best_val_acc", "flops"]'},
+        "study.toml: objective 'flops' (in ['best_val_acc', 'flops']) is not allowed; "
+        "expected names from best_val_acc, final_val_acc, best_val_loss, macs, params",
+    ),
+    (
+        "sizes only",
+        {"top": 'objective = ["macs", "params"]', "pruner": 'type = "none"'},
+        "needs one trained quantity",
+    ),
+    (
+        "constraint on an unknown quantity",
+        {"top": '[constraints]\n"flops" = { max = 1e6 }', "sampler": 'type = "tpe"'},
+        'study.toml: [constraints] "flops": unknown quantity; allowed: macs, params',
+    ),
+    (
+        "max = 0",
+        {"top": '[constraints]\n"macs" = { max = 0 }', "sampler": 'type = "tpe"'},
+        'study.toml: [constraints] "macs": max = 0 is not allowed; expected a number > 0',
+    ),
+    (
+        "max < 0",
+        {"top": '[constraints]\n"params" = { max = -1e6 }', "sampler": 'type = "tpe"'},
+        'study.toml: [constraints] "params": max = -1000000.0 is not allowed',
+    ),
+    (
+        "constraints with a sampler that ignores them",
+        {"top": '[constraints]\n"macs" = { max = 1e6 }'},
+        "study.toml: [constraints] needs [sampler] type = 'tpe', but got 'random'",
+    ),
+    (
+        "cmaes in a multi-objective study",
+        {"top": PARETO, "sampler": 'type = "cmaes"'},
+        "study.toml: [sampler] type = 'cmaes' is single-objective",
+    ),
+]
+
+
+@pytest.mark.parametrize(("what", "change", "message"), BAD, ids=[b[0] for b in BAD])
+def test_bad_pareto_study_is_one_line_exit_2_and_writes_nothing(
+    tmp_path: Path, data: Path, monkeypatch, capfd, what: str, change: dict, message: str
+):
+    kw = {"pruner": 'type = "none"'} | change
+    write_sized(tmp_path, "bad", data, **kw)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("NIN_SEARCH_STORAGE", raising=False)
+    code = cli.main(["sweep", "study.toml"])
+    out, err = capfd.readouterr()
+    # exit code 2, one line naming the file, the key and the value, and what is allowed
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert message in err
+    # checked before any store is touched
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_multi_objective_study_defaults_to_no_pruner(tmp_path: Path, data: Path):
+    path = write_sized(tmp_path, "p", data, top=PARETO, pruner="")
+    # no [pruner] type: none, since Optuna cannot prune it (median for one objective)
+    assert load_study(str(path)).pruner["type"] == "none"
+
+
+@pytest.mark.parametrize("path", ["studies/pareto_cpu.toml", "studies/pareto.toml"])
+def test_shipped_pareto_studies_load(path: str):
+    study = load_study(str(Path(__file__).parents[1] / path))
+    # accuracy against MACs over the size knobs and the lr, no pruner
+    assert study.objectives == ["best_val_acc", "macs"]
+    assert {"model.width", "model.mlp_depth", "model.head", "model.reduction", "train.lr"} <= set(
+        study.params
+    )
+    assert study.pruner["type"] == "none"
