@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+from nin_search.ablation import load_ablation  # noqa: E402
 from nin_search.config import Config, apply  # noqa: E402
 from nin_search.data import load_data  # noqa: E402
-from nin_search.study import load_ablation, load_study, read_toml, with_params  # noqa: E402
+from nin_search.study import load_study, read_toml, with_params  # noqa: E402
 from nin_search.train import evaluate, fit, resolve_device, resolved  # noqa: E402
 
 

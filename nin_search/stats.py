@@ -1,9 +1,18 @@
-"""Per-arm statistics of a seed-paired ablation, all from scipy.stats.
+"""Per-arm statistics of a seed-paired ablation, from scipy.stats.
 
-For each arm: n, mean, sd (ddof 1) and the 95% CI of the mean (Student's t); the paired
-difference to the baseline over the seeds both finished, its 95% CI and the two-sided p-value
-of the paired t-test (scipy.stats.ttest_rel). Diverged runs have no value: they are counted,
-not averaged, and drop out of the pairs.
+For each arm: the lr it trained at, n, mean, sd (ddof 1) and the 95% CI of the mean (Student's
+t); the paired difference to the baseline over the seeds both finished, its 95% CI and the
+two-sided p-value of the paired t-test (scipy.stats.ttest_rel). With more than two arms every
+p-value against the baseline is also given Holm-corrected (p_holm: Holm 1979, step-down, family
+= the arms other than the baseline); with >= 6 pairs, the Wilcoxon signed-rank p as well
+(p_wilcoxon, scipy.stats.wilcoxon, two-sided). With test-set values (--final-eval) the test
+columns get the same paired statistics (test_delta ... test_p_holm); they are only reported.
+
+Convergence: last_gain is the mean over an arm's finished seeds of the val accuracy gained over
+its last 10% of epochs (at least the last one); converged is last_gain < CONVERGED_GAIN, 0.5
+points: an arm still gaining that much per last tenth of its training could change a verdict
+of that size with more epochs, so its verdict may reflect training speed. Diverged runs have no
+value: they are counted, not averaged, and drop out of the pairs.
 """
 
 from __future__ import annotations
@@ -16,10 +25,15 @@ import pandas as pd
 from scipy import stats
 
 TEST = "paired t-test (scipy.stats.ttest_rel), two-sided; 95% CIs from Student's t"
+HOLM = "p_holm: the t-test's p Holm-corrected over the arms compared with the baseline"
+WILCOXON = "p_wilcoxon: Wilcoxon signed-rank test (scipy.stats.wilcoxon), two-sided"
+WILCOXON_MIN = 6  # pairs; below that its smallest possible two-sided p is 0.0625 or more
+CONVERGED_GAIN = 0.005  # val accuracy (0.5 points) gained over the last 10% of epochs
 COLUMNS = [
-    "arm", "n", "mean", "sd", "ci_low", "ci_high",
+    "arm", "lr", "n", "mean", "sd", "ci_low", "ci_high",
     "delta", "delta_ci_low", "delta_ci_high", "p_value",
     "params", "macs", "img_per_s", "epoch_time_s", "peak_mem_mib", "diverged",
+    "last_gain", "converged",
 ]  # fmt: skip
 NAN = float("nan")
 
@@ -60,35 +74,99 @@ def paired(a: list[float], b: list[float], level: float = 0.95) -> dict[str, flo
     }
 
 
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order; NaNs stay NaN, out of the family."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(len(p), NAN)
+    idx = np.flatnonzero(~np.isnan(p))
+    m = len(idx)
+    order = idx[np.argsort(p[idx], kind="stable")]
+    running = 0.0
+    for rank, i in enumerate(order):  # (m - rank) * p, made monotone, capped at 1
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out.tolist()
+
+
+def wilcoxon(a: list[float], b: list[float]) -> float:
+    """The signed-rank test's two-sided p over the pairs; NaN below WILCOXON_MIN pairs or when
+    every difference is zero."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if len(d) < WILCOXON_MIN or np.all(np.abs(d) <= 1e-12):
+        return NAN
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(stats.wilcoxon(d).pvalue)
+
+
+def last_gain(curve: list[float] | None) -> float:
+    """Val accuracy gained over the last 10% of a curve's epochs (at least the last one)."""
+    if not curve or len(curve) < 2:
+        return NAN
+    k = max(1, round(0.1 * len(curve)))
+    return float(curve[-1] - curve[-1 - k])
+
+
 def _mean(values) -> float:
     values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     return float(np.mean(values)) if values else NAN
 
 
-def compare(cells: pd.DataFrame, baseline: str) -> pd.DataFrame:
+def _pairs(mine: pd.DataFrame, base: pd.DataFrame, col: str) -> pd.DataFrame:
+    a = mine.dropna(subset=[col]).set_index("seed")[col].rename("a")
+    b = base.dropna(subset=[col]).set_index("seed")[col].rename("b")
+    return a.to_frame().join(b, how="inner")
+
+
+def compare(
+    cells: pd.DataFrame, baseline: str, lrs: dict[str, float] | None = None
+) -> pd.DataFrame:
     """The summary table from one row per cell (arm, seed, state, value, test_acc, params,
-    macs, img_per_s, epoch_time_s, peak_mem_mib), arms in their file order."""
+    macs, img_per_s, epoch_time_s, peak_mem_mib, optionally val_acc curves), arms in their file
+    order; lrs: the train.lr each arm trained at."""
     done = cells[cells["state"] == "complete"]
-    base = done[done["arm"] == baseline].set_index("seed")["value"]
+    base = done[done["arm"] == baseline]
     has_test = cells["test_acc"].notna().any()
     rows = []
     for arm in dict.fromkeys(cells["arm"]):
         mine = done[done["arm"] == arm]
-        row = {"arm": arm} | describe(list(mine["value"]))
-        pairs = mine.set_index("seed")["value"].to_frame("a").join(base.rename("b"), how="inner")
+        row = {"arm": arm, "lr": (lrs or {}).get(arm, NAN)} | describe(list(mine["value"]))
+        pairs = _pairs(mine, base, "value")
         row |= paired(list(pairs["a"]), list(pairs["b"]))
+        row["p_wilcoxon"] = wilcoxon(list(pairs["a"]), list(pairs["b"]))
         if has_test:
             t = describe(list(mine["test_acc"].dropna()))
             row |= {f"test_{k}": v for k, v in t.items() if k != "n"}
+            tp = _pairs(mine, base, "test_acc")
+            row |= {f"test_{k}": v for k, v in paired(list(tp["a"]), list(tp["b"])).items()}
+            row["test_p_wilcoxon"] = wilcoxon(list(tp["a"]), list(tp["b"]))
         everyone = cells[cells["arm"] == arm]
         for key in ("params", "macs", "img_per_s", "epoch_time_s", "peak_mem_mib"):
             row[key] = _mean(everyone[key])
         row["diverged"] = int((everyone["state"] == "diverged").sum())
         row["missing"] = int((everyone["state"] == "missing").sum())
+        curves = mine["val_acc"] if "val_acc" in mine else []
+        row["last_gain"] = _mean(last_gain(c) for c in curves)
+        row["converged"] = bool(row["last_gain"] < CONVERGED_GAIN) if row["n"] else None
         rows.append(row)
     table = pd.DataFrame(rows)
-    tests = [c for c in ("test_mean", "test_sd", "test_ci_low", "test_ci_high") if c in table]
-    table = table[COLUMNS + ["missing"] + tests]
+    others = table["arm"] != baseline
+    extra = ["missing"]
+    if len(table) > 2:  # a family of comparisons: Holm over the arms against the baseline
+        for prefix in ("", "test_") if has_test else ("",):
+            table[f"{prefix}p_holm"] = NAN
+            table.loc[others, f"{prefix}p_holm"] = holm(
+                list(table.loc[others, f"{prefix}p_value"])
+            )
+    if table["p_wilcoxon"].notna().any():
+        extra.append("p_wilcoxon")
+    extra += ["p_holm"] if "p_holm" in table else []
+    tests = ["test_mean", "test_sd", "test_ci_low", "test_ci_high", "test_delta",
+             "test_delta_ci_low", "test_delta_ci_high", "test_p_value"]  # fmt: skip
+    tests += [c for c in ("test_p_wilcoxon", "test_p_holm") if c in table]
+    if "test_p_wilcoxon" in table and table["test_p_wilcoxon"].isna().all():
+        tests.remove("test_p_wilcoxon")
+    table = table[COLUMNS + extra + (tests if has_test else [])]
     if table["peak_mem_mib"].isna().all():  # CPU runs have no peak
         table = table.drop(columns="peak_mem_mib")
     for key in ("params", "macs"):
@@ -96,4 +174,4 @@ def compare(cells: pd.DataFrame, baseline: str) -> pd.DataFrame:
     return table
 
 
-__all__ = ["describe", "paired", "compare", "TEST", "COLUMNS"]
+__all__ = ["describe", "paired", "holm", "wilcoxon", "last_gain", "compare", "TEST", "COLUMNS"]

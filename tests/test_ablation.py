@@ -32,8 +32,8 @@ from test_sweep import (
 )
 
 from nin_search import cli, stats
+from nin_search.ablation import load_ablation
 from nin_search.config import load_config
-from nin_search.study import load_ablation
 
 # --- statistics on fixed numbers ------------------------------------------------------------
 
@@ -189,7 +189,8 @@ def test_ablation_summary_matches_the_trials(abl):
     table = pd.read_csv(out / "summary.csv").set_index("arm")
     # the columns in order (no peak memory on CPU), then the extras
     expected = [c for c in stats.COLUMNS if c != "peak_mem_mib"] + ["missing"]
-    expected += ["test_mean", "test_sd", "test_ci_low", "test_ci_high"]
+    expected += ["test_mean", "test_sd", "test_ci_low", "test_ci_high", "test_delta"]
+    expected += ["test_delta_ci_low", "test_delta_ci_high", "test_p_value"]
     assert list(table.reset_index().columns) == expected
     ts = trials(abl.folder, "abl")
     values = {(t.params["arm"], t.params["train.seed"]): t.value for t in ts}
@@ -199,6 +200,11 @@ def test_ablation_summary_matches_the_trials(abl):
     delta = np.mean([values["fc", s] - values["gap", s] for s in (0, 1)])
     assert table.loc["fc", "delta"] == pytest.approx(delta)
     assert table.loc["gap", "delta"] == 0
+    assert set(table["lr"]) == {0.003}  # one shared lr, and the notes say so
+    test_delta = (
+        sum(t.user_attrs["test_acc"] * (1 if t.params["arm"] == "fc" else -1) for t in ts) / 2
+    )  # mean over the two seeds of fc - gap, paired by seed
+    assert table.loc["fc", "test_delta"] == pytest.approx(test_delta)
     assert table.loc["fc", "params"] != table.loc["gap", "params"]
     assert table.loc["gap", "test_mean"] == pytest.approx(
         np.mean([t.user_attrs["test_acc"] for t in ts if t.params["arm"] == "gap"])

@@ -257,7 +257,8 @@ def test_keep_models_all_keeps_every_trial_and_none_keeps_nothing(
 def test_keep_models_defaults_and_bad_values(tmp_path: Path, data: Path):
     from test_ablation import ablation_text
 
-    from nin_search.study import load_ablation, load_study
+    from nin_search.ablation import load_ablation
+    from nin_search.study import load_study
 
     (tmp_path / "s.toml").write_text(study_text("k", data))
     (tmp_path / "a.toml").write_text(ablation_text("a", data))
