@@ -183,17 +183,24 @@ def _duration(text: str | None) -> float | None:
 
 def _sweep(args: argparse.Namespace) -> int:
     from nin_search.config import parse_overrides
-    from nin_search.storage import storage_url
+    from nin_search.data import check_data
+    from nin_search.storage import heartbeat_s, storage_url
     from nin_search.study import load_study
     from nin_search.sweep import run_sweep
+    from nin_search.tracking import check_tracking
     from nin_search.train import resolved
 
     if args.workers < 1 or (args.n_trials is not None and args.n_trials < 1):
         raise ConfigError("--workers and --n-trials must be >= 1")
     study = load_study(args.study, parse_overrides(args.overrides))
-    resolved(study.base_config())  # device and precision: exit 2 before anything is written
+    # exit 2 before anything is written: device and precision, the data, the MLflow store and
+    # $NIN_SEARCH_HEARTBEAT_S (run_sweep makes mlruns/ before it opens the Optuna store)
+    resolved(study.base_config())
+    check_data(study.base_config().data)
+    check_tracking()
+    heartbeat_s()
     url = storage_url(args.storage)
-    # no --storage on the workers' command lines (ps shows them to every user): _spawn hands
+    # no --storage on the workers' command lines (ps shows them to every user): workers.spawn hands
     # the URL over in $NIN_SEARCH_STORAGE
     tail = ["sweep", args.study] + [f"--set={o}" for o in args.overrides]
     if args.n_trials:
@@ -205,17 +212,23 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _ablate(args: argparse.Namespace) -> int:
-    from nin_search.ablation import check_arms
+    from nin_search.ablation import check_arms, load_ablation
     from nin_search.config import parse_overrides
-    from nin_search.storage import storage_url
-    from nin_search.study import load_ablation
+    from nin_search.data import check_data
+    from nin_search.storage import heartbeat_s, storage_url
     from nin_search.sweep import run_sweep
+    from nin_search.tracking import check_tracking
 
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers} is not allowed; expected >= 1")
     study = load_ablation(args.study, parse_overrides(args.overrides), args.seeds)
     study.final_eval = args.final_eval
-    check_arms(study)  # an arm the network cannot take: exit 2 before anything is written
+    # exit 2 before anything is written: the data, an arm the network or the data cannot
+    # take (device and precision too), the MLflow store, $NIN_SEARCH_HEARTBEAT_S
+    check_data(study.base_config().data, study.final_eval)
+    check_arms(study)
+    check_tracking()
+    heartbeat_s()
     url = storage_url(args.storage)
     tail = ["ablate", args.study] + [f"--set={o}" for o in args.overrides]
     tail += ["--seeds", str(len(study.seeds))] + (["--final-eval"] if args.final_eval else [])
@@ -300,3 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a full disk or a read-only store mid-run: one line, exit 1
+        from nin_search.tracking import store_failure
+
+        line = store_failure(e)
+        if line is None or args.debug:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 1

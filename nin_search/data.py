@@ -4,10 +4,11 @@
     for xb, yb in batches(data.train_x, data.train_y, 128, data.cfg, gen, train=True):
         ...  # xb: (128, 1, 96, 96) float in [0, 1]
 
-Files are looked for in this order: data.data_dir or $NIN_SEARCH_DATA; Debian's
-dataset-fashion-mnist (/usr/share/datasets/fashion-mnist); ./data; torchvision's download into
-./data when online. The whole split moves to the device once; every batch is an on-device gather
-from a seeded permutation, then F.interpolate: no PIL, no DataLoader workers.
+Files are read from data.data_dir or $NIN_SEARCH_DATA when one is set, and only from there;
+otherwise looked for in this order: Debian's dataset-fashion-mnist
+(/usr/share/datasets/fashion-mnist); ./data; torchvision's download into ./data when online.
+The whole split moves to the device once; every batch is an on-device gather from a seeded
+permutation, then F.interpolate: no PIL, no DataLoader workers.
 """
 
 from __future__ import annotations
@@ -67,27 +68,65 @@ def read_idx(path: Path) -> torch.Tensor:
             f"{path}: cannot be read as {'gzip' if path.suffix == '.gz' else 'IDX'}"
             f" ({e}); delete it or point data.data_dir elsewhere"
         ) from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or not 1 <= raw[3] <= 4:
+    dims, header = _idx_header(path, raw[:20], len(raw))
+    return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(dims)
+
+
+def _idx_header(path: Path, head: bytes, size: int) -> tuple[list[int], int]:
+    """(dims, header bytes) from an IDX file's first 20 bytes and its size, or DataError."""
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08 or not 1 <= head[3] <= 4:
         raise DataError(
-            f"{path}: not an IDX file of uint8 (bad magic number {raw[:4].hex()});"
+            f"{path}: not an IDX file of uint8 (bad magic number {head[:4].hex()});"
             f" delete it or point data.data_dir elsewhere"
         )
-    ndim = raw[3]
+    ndim = head[3]
     header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated inside its header ({len(raw)} bytes)")
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    if size < header:
+        raise DataError(f"{path}: truncated inside its header ({size} bytes)")
+    dims = [int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     want = 1
     for d in dims:
         want *= d
-    got = len(raw) - header
+    got = size - header
     if got != want:
         raise DataError(
             f"{path}: {'truncated' if got < want else 'corrupt'}: its header says "
             f"{'x'.join(map(str, dims))} = {want} bytes of data but it holds {got};"
             f" download it again or point data.data_dir elsewhere"
         )
-    return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(dims)
+    return dims, header
+
+
+def idx_shape(path: Path) -> tuple[int, ...]:
+    """An IDX file's shape, checked as read_idx checks it; a plain file is not read past its
+    header (a .gz one is decompressed: its size is known no other way)."""
+    if path.suffix == ".gz":
+        return tuple(read_idx(path).shape)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(20)
+        size = path.stat().st_size
+    except OSError as e:
+        raise DataError(
+            f"{path}: cannot be read as IDX ({e}); delete it or point data.data_dir elsewhere"
+        ) from None
+    return tuple(_idx_header(path, head, size)[0])
+
+
+def check_data(cfg: DataConfig, with_test: bool = False) -> None:
+    """What load_data would refuse (files missing, truncated, corrupt or mismatched, a split
+    that does not fit), found from the files' headers: sweep and ablate call it before any
+    store is opened, as train and lr-finder load the data before they open one."""
+    _, files = locate(cfg)
+    for split in ("train", "test") if with_test else ("train",):
+        img, lab = (files[n] for n in SPLITS[split])
+        _check_pair(idx_shape(img), idx_shape(lab), img, lab)
+    _check_split(idx_shape(files[SPLITS["train"][0]])[0], cfg)
+
+
+def _check_pair(img: tuple, lab: tuple, img_path: Path, lab_path: Path) -> None:
+    if len(img) != 3 or len(lab) != 1 or img[0] != lab[0]:
+        raise DataError(f"{img_path}: {img} images do not match {lab} labels in {lab_path}")
 
 
 def _files_in(folder: Path) -> dict[str, Path] | None:
@@ -105,17 +144,28 @@ def _files_in(folder: Path) -> dict[str, Path] | None:
 
 
 def _candidates(cfg: DataConfig) -> list[tuple[str, Path]]:
-    out = []
-    given = cfg.data_dir or os.environ.get("NIN_SEARCH_DATA", "")
-    if given:
-        out.append(("data.data_dir" if cfg.data_dir else "$NIN_SEARCH_DATA", Path(given)))
-    out.append((f"Debian package dataset-{cfg.dataset}", Path(SYSTEM_DIRS[cfg.dataset])))
-    out.append(("./data", Path("data")))
-    return out
+    return [
+        (f"Debian package dataset-{cfg.dataset}", Path(SYSTEM_DIRS[cfg.dataset])),
+        ("./data", Path("data")),
+    ]
 
 
 def locate(cfg: DataConfig) -> tuple[str, dict[str, Path]]:
-    """(description, {file name: path}) for the first place that has all four files."""
+    """(description, {file name: path}) for the first place that has all four files; a folder
+    the user named (data.data_dir, $NIN_SEARCH_DATA) is the only place looked in."""
+    given = cfg.data_dir or os.environ.get("NIN_SEARCH_DATA", "")
+    if given:  # never another copy of the data than the one asked for
+        label = "data.data_dir" if cfg.data_dir else "$NIN_SEARCH_DATA"
+        for sub in (Path(given), Path(given) / TORCHVISION[cfg.dataset]):
+            files = _files_in(sub)
+            if files:
+                return f"{label} ({sub})", files
+        what = "has no complete set of IDX files" if Path(given).is_dir() else "is no folder"
+        names = ", ".join(n for pair in SPLITS.values() for n in pair)
+        raise DataError(
+            f"{label} = {given!r} {what}: {cfg.dataset} needs {names} (plain or .gz) in it, "
+            f"its raw/ or its {TORCHVISION[cfg.dataset]}/raw/"
+        )
     tried = []
     for label, folder in _candidates(cfg):
         for sub in (folder, folder / TORCHVISION[cfg.dataset]):
@@ -151,11 +201,8 @@ def load_data(cfg: DataConfig, device: torch.device | str = "cpu", with_test: bo
     x, y = (read_idx(files[n]) for n in SPLITS["train"])
     tx, ty = (read_idx(files[n]) for n in SPLITS["test"]) if with_test else (None, None)
     for (img, lab), split in (((x, y), "train"), ((tx, ty), "test")):
-        if img is not None and (img.ndim != 3 or lab.ndim != 1 or len(img) != len(lab)):
-            raise DataError(
-                f"{files[SPLITS[split][0]]}: {tuple(img.shape)} images do not match "
-                f"{tuple(lab.shape)} labels in {files[SPLITS[split][1]]}"
-            )
+        if img is not None:
+            _check_pair(tuple(img.shape), tuple(lab.shape), *(files[n] for n in SPLITS[split]))
     return split_data(x, y, cfg, device, tx, ty, source=where)
 
 
@@ -171,14 +218,7 @@ def split_data(
 ) -> Data:
     """Hold out data.val_size images by a permutation seeded with data.split_seed."""
     n = len(x)
-    if cfg.val_size >= n:
-        raise DataError(f"data.val_size = {cfg.val_size}: must be below the {n} training images")
-    left = n - cfg.val_size
-    if cfg.train_subset > left:
-        raise DataError(
-            f"data.train_subset = {cfg.train_subset}: at most {left} images remain"
-            f" after data.val_size = {cfg.val_size} (0 = all)"
-        )
+    _check_split(n, cfg)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.split_seed))
     val, train = perm[: cfg.val_size], perm[cfg.val_size :]
     if cfg.train_subset:
@@ -198,6 +238,17 @@ def split_data(
         source,
         num_classes,
     )
+
+
+def _check_split(n: int, cfg: DataConfig) -> None:
+    if cfg.val_size >= n:
+        raise DataError(f"data.val_size = {cfg.val_size}: must be below the {n} training images")
+    left = n - cfg.val_size
+    if cfg.train_subset > left:
+        raise DataError(
+            f"data.train_subset = {cfg.train_subset}: at most {left} images remain"
+            f" after data.val_size = {cfg.val_size} (0 = all)"
+        )
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

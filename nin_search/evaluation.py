@@ -234,10 +234,17 @@ def _precision(trained: str, device: torch.device) -> tuple[str, str]:
 def evaluate_command(ref: str, split: str = "test", out: str | None = None, images: int = IMAGES):
     """The evaluate command: load, evaluate, print, write and log; returns the exit code."""
     from nin_search.checkpoint import load, size_text
-    from nin_search.tracking import setup_tracking
+    from nin_search.storage import store_exists
+    from nin_search.tracking import check_tracking, mask, setup_tracking, tracking_uri
 
     if images < 1:
         raise ConfigError(f"--images {images} is not allowed; expected >= 1")
+    check_tracking()
+    if not store_exists(tracking_uri()):  # looking a model up must not create an empty store
+        raise ConfigError(
+            f"{ref!r}: not found: no MLflow store at {mask(tracking_uri())} (run train or "
+            "sweep first, or set MLFLOW_TRACKING_URI)"
+        )
     setup_tracking()
     loaded = load(ref)  # every mistake is raised here, before anything is written
     cfg, device = loaded.cfg, resolve_device("auto")

@@ -27,7 +27,14 @@ from nin_search.data import load_data
 from nin_search.evaluation import evaluate_split, log_evaluation
 from nin_search.lr_finder import Finding, find_lr, suggest
 from nin_search.plots import lr_finder_curve, training_curves
-from nin_search.tracking import experiment_id, mask, run_tags, setup_tracking, ui_command
+from nin_search.tracking import (
+    check_tracking,
+    experiment_id,
+    mask,
+    run_tags,
+    setup_tracking,
+    ui_command,
+)
 from nin_search.train import fit, resolve_device, resolved
 
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "img_per_s", "epoch_time_s")
@@ -51,9 +58,10 @@ def train_run(
     device = resolve_device(cfg.train.device)
     cfg = resolved(cfg, device)  # train.precision as it runs: bf16 or fp32
     summary = summarize(cfg)  # validates the input size before any data is read
+    check_tracking(experiment)  # the store, then the data: a mistake in either writes nothing
+    data = load_data(cfg.data, device, with_test=final_eval)
     uri = setup_tracking()
     exp_id = experiment_id(experiment)
-    data = load_data(cfg.data, device, with_test=final_eval)
     if profile_note:
         print(profile_note)
     print(
@@ -185,9 +193,10 @@ def lr_finder_run(
     summarize(cfg)  # validates the input size before any data is read
     folder = Path(out or Path("reports/lr-finder") / time.strftime("%Y%m%d-%H%M%S"))
     _check_out(folder)  # before MLflow or the data are touched
+    check_tracking(experiment)  # the store, then the data: a mistake in either writes nothing
+    data = load_data(cfg.data, device, with_test=False)
     uri = setup_tracking()
     exp_id = experiment_id(experiment)
-    data = load_data(cfg.data, device, with_test=False)
     if profile_note:
         say(profile_note)
     say(

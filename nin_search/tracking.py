@@ -7,6 +7,7 @@ with mlflow.start_run(experiment_id=exp_id, tags=run_tags(cfg)): ...
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -54,6 +55,9 @@ def setup_tracking() -> str:
     """Point MLflow at the store (creating mlruns/ for the default) and quiet its startup logs."""
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # it logs every failed write with its SQL and traceback, then raises it: store_failure says
+    # it in one line
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in logs
     uri = tracking_uri()
     if uri == DEFAULT_URI:
@@ -64,6 +68,108 @@ def setup_tracking() -> str:
     else:
         mlflow.set_tracking_uri(uri)
     return uri
+
+
+def check_tracking(experiment: str | None = None) -> None:
+    """The MLflow store can be used and the experiment name is one MLflow takes, found without
+    writing anything: a command that exits 2 leaves no mlflow.db, optuna.db or mlruns/.
+
+    An SQLite file must be a database (not random bytes or a truncated copy) and its folder one
+    that can be made; a server must answer within PROBE_S (MLflow itself retries for ~2 min)."""
+    if experiment is not None and not 0 < len(experiment.strip()) <= 500:
+        raise ConfigError(
+            f"--experiment {experiment[:40]!r}: expected a name of 1 to 500 characters"
+        )
+    uri = tracking_uri()
+    bad = f"MLflow store {mask(uri)} cannot be used"
+    if uri.startswith(("http://", "https://")):
+        _probe(uri, bad)
+        return
+    if not uri.startswith("sqlite:"):
+        return  # file:, databricks, postgresql...: MLflow's own errors (experiment_id)
+    try:
+        db = make_url(uri).database
+    except Exception as e:
+        raise ConfigError(f"{bad}: {e}") from None
+    if not db or db == ":memory:":
+        return
+    path = Path(db)
+    if path.exists():
+        _check_sqlite(path, bad)
+        return
+    above = next((q for q in path.parents if q.exists()), Path("."))
+    if not above.is_dir():
+        raise ConfigError(f"{bad}: {above} is a file, not a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise ConfigError(f"{bad}: {above} is not writable")
+
+
+PROBE_S = 5.0  # seconds a tracking server has to accept a connection
+
+
+def _probe(uri: str, bad: str) -> None:
+    """Any HTTP answer from the server's /health within PROBE_S, an error status included
+    (a proxy's 401 is still an answer); a refused, unresolvable or silent host is not."""
+    import ssl
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    u = urlsplit(uri)
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_S).close()
+    except urllib.error.HTTPError:
+        return
+    except (OSError, ValueError) as e:  # URLError, timeouts, a malformed URL
+        reason = getattr(e, "reason", e)
+        insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true"
+        if isinstance(reason, ssl.SSLError) and insecure:
+            return  # it answered, and MLflow is told not to verify its certificate
+        why = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
+        raise ConfigError(
+            f"{bad}: {u.netloc} gave no answer within {PROBE_S:g} s ({why})"
+        ) from None
+
+
+def _check_sqlite(path: Path, bad: str) -> None:
+    import sqlite3
+
+    if not path.is_file():
+        raise ConfigError(f"{bad}: {path} is not a file")
+    fix = "move it aside or point MLFLOW_TRACKING_URI elsewhere"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(100)
+        size = path.stat().st_size
+    except OSError as e:
+        raise ConfigError(f"{bad}: {path} cannot be read ({e.strerror})") from None
+    if not size:
+        return  # an empty file: SQLite and MLflow make a new database in it
+    if not head.startswith(b"SQLite format 3\x00") or len(head) < 100:
+        raise ConfigError(f"{bad}: {path} is not an SQLite database; {fix}")
+    # the header's page count against the file: a truncated copy (without a -wal beside it,
+    # which holds pages of its own) is missing pages MLflow fails on half-way through a run
+    page = int.from_bytes(head[16:18], "big")
+    page = 65536 if page == 1 else page
+    pages = int.from_bytes(head[28:32], "big")
+    if size < page * pages and not Path(f"{path}-wal").exists():
+        raise ConfigError(
+            f"{bad}: {path} is truncated ({size:,} of {page * pages:,} bytes); {fix}"
+        )
+    try:  # read-only: a file that is not a database is reported, never rewritten
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        finally:
+            con.close()
+    except sqlite3.OperationalError:
+        # locked, or a hot journal a killed writer left (read-only cannot roll it back): a
+        # database all the same, which MLflow's own connection recovers
+        return
+    except sqlite3.DatabaseError as e:
+        raise ConfigError(
+            f"{bad}: {path} is not a readable SQLite database ({e}); {fix}"
+        ) from None
 
 
 def experiment_id(name: str) -> str:
@@ -82,9 +188,39 @@ def experiment_id(name: str) -> str:
             if exp is None:
                 raise
             return exp.experiment_id
-    except (sqlalchemy.exc.OperationalError, mlflow.exceptions.MlflowException, OSError) as e:
+    except (sqlalchemy.exc.SQLAlchemyError, mlflow.exceptions.MlflowException, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"MLflow store {mask(uri)} cannot be used: {first[:200]}") from None
+
+
+# a full disk or quota, a read-only or unwritable folder, a file where a folder belongs
+WRITE_ERRNOS = {
+    errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
+    errno.ENOTDIR, errno.EEXIST, errno.EISDIR,
+}  # fmt: skip
+
+
+def store_failure(e: BaseException) -> str | None:
+    """One line for an error a store raised mid-run (a full disk, a read-only or vanished
+    mlruns/, a database that cannot be written), found anywhere in the exception's chain;
+    None for any other error. cli.main prints it instead of MLflow's and Optuna's tracebacks."""
+    import sqlite3
+
+    seen: list[BaseException] = []
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    for link in seen:
+        if isinstance(link, sqlite3.OperationalError) or (
+            isinstance(link, OSError) and link.errno in WRITE_ERRNOS
+        ):
+            where = getattr(link, "filename", None)
+            what = getattr(link, "strerror", None) or str(link).splitlines()[0]
+            return (
+                f"a store failed mid-run: {what}{f': {where}' if where else ''}; free space or "
+                "make it writable, then rerun the same command (a sweep or ablation resumes)"
+            )
+    return None
 
 
 @functools.cache  # the code this process runs was loaded at its start: ask git once

@@ -209,14 +209,8 @@ def test_missing_data_is_one_line_listing_every_way(tmp_path: Path):
     # MNIST: Debian's dataset-mnist is not installed here, and NIN_SEARCH_OFFLINE=1 skips the
     # download, so every way fails
     assert not Path("/usr/share/datasets/mnist").exists()
-    res = cli(
-        "train",
-        "--set",
-        "data.dataset=mnist",
-        "--set",
-        f"data.data_dir={tmp_path / 'nowhere'}",
-        cwd=tmp_path,
-    )
+    # no folder named: the whole search order is tried (a named one is the only place looked)
+    res = cli("train", "--set", "data.dataset=mnist", cwd=tmp_path, env={"NIN_SEARCH_DATA": ""})
     assert res.returncode == 2
     assert len(res.stderr.strip().splitlines()) == 1
     for way in ("data.data_dir", "dataset-mnist", "./data", "download", "NIN_SEARCH_DATA"):

@@ -148,13 +148,28 @@ def test_missing_everywhere_lists_every_place_and_the_fixes(offline_nowhere):
     assert all(fix in message for fix in ("data.data_dir", "NIN_SEARCH_DATA", "apt-get install"))
 
 
-def test_missing_data_dir_is_listed_first(offline_nowhere):
-    empty = offline_nowhere / "empty"
-    empty.mkdir()
+@pytest.mark.parametrize("where", ["data.data_dir", "$NIN_SEARCH_DATA"])
+@pytest.mark.parametrize("made", [True, False], ids=["empty", "missing"])
+def test_a_named_folder_without_the_files_is_an_error_not_another_copy(
+    offline_nowhere, make_idx_dir, monkeypatch, where: str, made: bool
+):
+    import nin_search.data as d
+
+    # another copy is there (Debian's package dir and ./data): it must not be used instead
+    monkeypatch.setitem(d.SYSTEM_DIRS, "fashion-mnist", str(make_idx_dir(offline_nowhere / "s")))
+    make_idx_dir(offline_nowhere / "data")
+    named = offline_nowhere / "named"
+    if made:
+        named.mkdir()
+    if where == "$NIN_SEARCH_DATA":
+        monkeypatch.setenv("NIN_SEARCH_DATA", str(named))
+    cfg = DataConfig(data_dir=str(named) if where == "data.data_dir" else "", val_size=10)
     with pytest.raises(DataError) as e:
-        load_data(DataConfig(data_dir=str(empty)), "cpu")
-    # the configured folder is named as the first place tried
-    assert str(e.value).index(str(empty)) < str(e.value).index("Debian")
+        load_data(cfg, "cpu")
+    # the error names the setting and the folder, and says what is missing
+    assert str(e.value).startswith(f"{where} = {str(named)!r} ")
+    assert ("has no complete set" if made else "is no folder") in str(e.value)
+    assert "train-images-idx3-ubyte" in str(e.value)
 
 
 def test_nin_search_data_env_is_honoured(offline_nowhere, make_idx_dir, monkeypatch):
