@@ -1,4 +1,5 @@
-"""Seed-paired ablations on the sweep machinery: every arm x seed cell once, then statistics.
+"""Seed-paired ablations on the sweep machinery: the ablation file (load_ablation), every arm x
+seed cell once, then statistics.
 
     python -m nin_search ablate studies/ablate_head.toml [--seeds 5] [--workers 2]
 
@@ -17,11 +18,113 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from nin_search.config import ConfigError
+from nin_search.config import ConfigError, check_value, flatten_toml, read_toml
+from nin_search.data import check_data
 from nin_search.model import check_input_size
-from nin_search.storage import directory_lock
-from nin_search.study import Study, spec, with_params
+from nin_search.space import Param, per_arm
+from nin_search.storage import StoreLock
+from nin_search.study import Study, header, keep_option, shared_values, spec, with_params
 from nin_search.train import resolved
+
+ABLATION_KEYS = {
+    "name", "seeds", "baseline", "profile", "objective", "arms", "keep_models", "params",
+}  # fmt: skip
+
+
+def load_ablation(
+    path: str, overrides: dict[str, Any] | None = None, n_seeds: int | None = None
+) -> Study:
+    """An ablation file: shared settings, one [arms.NAME] table of dotted overrides per arm.
+
+        name = "ablate-head"
+        seeds = [0, 1, 2]                 # every arm runs with every seed (train.seed)
+        baseline = "gap"                  # default: the first arm
+        profile = "quick"
+        [model]
+        batch_norm = true
+        [arms.gap]
+        "model.head" = "gap"
+        [arms.fc]
+        "model.head" = "fc"
+        [params]                          # optional: each arm at its own lr (space.per_arm)
+        "train.lr" = { per_arm = "lr-finder" }
+
+    n_seeds (--seeds N) keeps the file's first N seeds, or adds the next unused integers.
+    """
+    doc = read_toml(path)
+    name, profile, objective = header(path, doc, ABLATION_KEYS, "final_val_acc")
+    seeds = doc.get("seeds", [0, 1, 2])
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or any(type(x) is not int or x < 0 for x in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise ConfigError(
+            f"{path}: seeds = {seeds!r} is not allowed; expected a list of distinct integers >= 0"
+        )
+    if n_seeds is not None:
+        if n_seeds < 1:
+            raise ConfigError(f"--seeds {n_seeds} is not allowed; expected >= 1")
+        extra = [x for x in range(max(seeds) + 1 + n_seeds) if x not in seeds]
+        seeds = (seeds + extra)[:n_seeds]
+    raw = doc.get("arms", {})
+    if not isinstance(raw, dict) or len(raw) < 2:
+        raise ConfigError(
+            f"{path}: [arms] needs at least two arms, each a table of dotted overrides, e.g. "
+            f'[arms.fc] "model.head" = "fc"; got {len(raw) if isinstance(raw, dict) else raw!r}'
+        )
+    arms = {}
+    for arm, table in raw.items():
+        where = f"{path}: [arms.{arm}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where} must be a table of dotted overrides, but got {table!r}")
+        values = flatten_toml(table, where)
+        for key, value in values.items():
+            if key == "train.seed":
+                raise ConfigError(f"{where}: train.seed is set by seeds = [...], not per arm")
+            check_value(key, value, where)
+        arms[arm] = values
+    baseline = doc.get("baseline", next(iter(arms)))
+    if baseline not in arms:
+        raise ConfigError(
+            f"{path}: baseline = {baseline!r} is not an arm; arms: {', '.join(arms)}"
+        )
+    base = shared_values(path, doc, overrides)
+    tuned = per_arm(path, doc["params"], seeds) if "params" in doc else {}
+    for key in tuned:  # one place decides an arm's lr
+        fixed = [f"[arms.{a}]" for a, v in arms.items() if key in v]
+        fixed += ["the shared tables or --set"] if key in base else []
+        if fixed:
+            raise ConfigError(
+                f"{path}: [params] {key!r} chooses it per arm, but {', '.join(fixed)} also "
+                f"set(s) {key}; remove one"
+            )
+    study = Study(
+        name,
+        path,
+        len(arms) * len(seeds),
+        base,
+        {
+            # sorted: Optuna refuses a categorical whose choices change, order included
+            "arm": Param("arm", "categorical", choices=sorted(arms)),
+            # an int range, not choices: Optuna lets a range grow when --seeds adds seeds
+            "train.seed": Param("train.seed", "int", 0, max(seeds)),
+        },
+        {"type": "cells"},
+        {"type": "none"},
+        objective,
+        profile,
+        arms,
+        baseline,
+        seeds,
+        keep_models=keep_option(path, doc, "none"),
+        per_arm=tuned,
+    )
+    for arm in arms:  # every arm must be a valid config on the shared settings
+        with_params(study, {"arm": arm}, f"{path}: [arms.{arm}]")
+    return study
+
 
 TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
@@ -52,8 +155,8 @@ def free_cells(study: optuna.Study, cells: list[dict], exclude: int | None = Non
 
 
 class CellSampler(optuna.samplers.BaseSampler):
-    """Hands each trial a cell nobody holds; worker k starts k cells further along, so workers
-    started together rarely pick the same one (when they do, reports keep the first finished).
+    """Hands each trial a cell nobody holds, chosen under the store's lock (storage.StoreLock),
+    so no two workers, on any machine, take one cell; worker k starts k cells further along.
     Like Optuna's GridSampler, but a failed cell is free again instead of visited."""
 
     def __init__(self, cells: list[dict[str, Any]], offset: int = 0) -> None:
@@ -68,7 +171,9 @@ class CellSampler(optuna.samplers.BaseSampler):
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if _cell(trial) is not None:  # a heartbeat retry or an enqueued cell: already set
             return
-        with directory_lock():  # workers in this directory pick one at a time
+        # workers pick one at a time, on any machine: the store's lock (workers.py holds it
+        # already while it starts a trial; taking it again here is free)
+        with StoreLock(study._storage, key=study.study_name):
             pool = free_cells(study, self.cells, exclude=trial.number)
             # none free: every cell is finished or running elsewhere; the objective then fails
             # this trial untrained instead of running a cell twice
@@ -106,6 +211,8 @@ def check_arms(study: Study) -> None:
         try:
             check_input_size(cfg.model, cfg.data.resize or 28)
             resolved(cfg)  # train.precision = 'bf16' on a device without bf16 units
+            if cfg.data != study.base_config().data:  # the shared data: checked already
+                check_data(cfg.data, study.final_eval)
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
 
@@ -146,7 +253,7 @@ def cell_frame(spec: dict, ostudy: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-__all__ = ["CellSampler", "free_cells", "has_cell", "check_arms", "cell_frame"]
+__all__ = ["load_ablation", "CellSampler", "free_cells", "has_cell", "check_arms", "cell_frame"]
 
 
 def check_same_ablation(study: Study, before: dict | None) -> None:
@@ -159,6 +266,8 @@ def check_same_ablation(study: Study, before: dict | None) -> None:
         for k, v in now["base"].items()
         if k != "train.seed" and before["base"].get(k) != v
     ]
+    if before.get("per_arm", {}) != now["per_arm"]:
+        changed.insert(0, f"[params]: {before.get('per_arm', {})!r} -> {now['per_arm']!r}")
     if before.get("objective") != now["objective"]:
         changed.insert(0, f"objective: {before.get('objective')!r} -> {now['objective']!r}")
     if now["final_eval"] and not before.get("final_eval") and before["seeds"]:

@@ -20,10 +20,10 @@ import mlflow
 import optuna
 import pandas as pd
 
-from nin_search import plots, stats
+from nin_search import plots, stats, tuning
 from nin_search.ablation import cell_frame
 from nin_search.config import Config, ConfigError, apply, read_toml, to_toml
-from nin_search.storage import open_storage
+from nin_search.storage import open_storage, store_exists
 from nin_search.tracking import mask, setup_tracking
 
 ROOT = Path("reports")
@@ -32,10 +32,15 @@ ROOT = Path("reports")
 def load(name_or_file: str, url: str) -> optuna.Study:
     """The Optuna study named directly or by its study file's `name`."""
     name = name_or_file
-    if name_or_file.endswith(".toml") or Path(name_or_file).is_file():
+    if name_or_file.endswith(".toml") or _is_file(name_or_file):
         name = read_toml(name_or_file).get("name")
         if not isinstance(name, str):
             raise ConfigError(f'{name_or_file}: no name = "..." to find the study by')
+    if not store_exists(url):  # reading a study must not create an empty store
+        raise ConfigError(
+            f"study {name!r} is not in {mask(url)}: no such store (run `sweep` or `ablate` "
+            "first, or pass --storage)"
+        )
     storage = open_storage(url)
     try:
         return optuna.load_study(study_name=name, storage=storage)
@@ -47,6 +52,13 @@ def load(name_or_file: str, url: str) -> optuna.Study:
         ) from None
 
 
+def _is_file(name: str) -> bool:
+    try:
+        return Path(name).is_file()
+    except (OSError, ValueError):  # a study name too long for a path, or holding a NUL
+        return False
+
+
 def _spec(ostudy: optuna.Study) -> dict:
     # a study from before nin_spec was recorded (or from elsewhere): plots and trials only
     return ostudy.user_attrs.get("nin_spec") or {"kind": "sweep", "objective": "value"}
@@ -56,15 +68,18 @@ def _fmt(table: pd.DataFrame) -> pd.DataFrame:
     """Readable numbers: accuracies to 4 places, p to 3 significant digits, sizes with commas."""
     out = table.copy().astype(object)
     for col in table.columns:
-        if col in ("arm", "n", "diverged", "missing"):
+        if col in ("arm", "n", "diverged", "missing", "converged"):
             continue
-        digits = {"p_value": ".3g", "img_per_s": ",.0f", "params": ",", "macs": ","}
-        fmt = digits.get(col, ".2f" if col in ("epoch_time_s", "peak_mem_mib") else ".4f")
+        digits = {"lr": ".3g", "img_per_s": ",.0f", "params": ",", "macs": ","}
+        fmt = ".3g" if "p_" in col else digits.get(col, ".4f")
+        fmt = ".2f" if col in ("epoch_time_s", "peak_mem_mib") else fmt
         out[col] = ["" if v is None or pd.isna(v) else format(v, fmt) for v in table[col]]
     return out
 
 
-def ablation_markdown(name: str, spec: dict, table: pd.DataFrame) -> str:
+def ablation_markdown(
+    name: str, spec: dict, table: pd.DataFrame, lr_notes: list[str] | None = None
+) -> str:
     finished = int(table["n"].sum() + table["diverged"].sum())
     cells = len(spec["arms"]) * len(spec["seeds"])
     lines = [
@@ -75,8 +90,27 @@ def ablation_markdown(name: str, spec: dict, table: pd.DataFrame) -> str:
         f"- baseline: {spec['baseline']}; delta = arm - baseline, paired by seed",
         f"- test: {stats.TEST}",
     ]
+    if "p_holm" in table:
+        lines.append(f"- {stats.HOLM} (Holm 1979; {len(table) - 1} comparisons)")
+    if "p_wilcoxon" in table:
+        lines.append(f"- {stats.WILCOXON}, where >= {stats.WILCOXON_MIN} pairs")
     if "test_mean" in table:
-        lines.append("- test_*: accuracy on the test set (--final-eval), never used for tuning")
+        lines.append(
+            "- test_*: accuracy on the test set (--final-eval), with the same paired statistics; "
+            "only reported, never used for tuning or choosing"
+        )
+    lines += [f"- {n}" for n in lr_notes or []]
+    gain = f"{100 * stats.CONVERGED_GAIN:.1f}"
+    lines.append(
+        f"- last_gain: val accuracy gained over the last 10% of epochs (at least one), mean "
+        f"over seeds; converged: last_gain < {gain} points"
+    )
+    for row in table.itertuples():
+        if row.converged is False:
+            lines.append(
+                f"- {row.arm} did not converge (it still gained {100 * row.last_gain:.2f} "
+                f"points at the end): its verdict may reflect training speed"
+            )
     return "\n".join(
         lines
         + [
@@ -117,10 +151,10 @@ def _write(out: Path, figures: dict, tables: dict[str, str], title: str, notes: 
 def ablation_report(ostudy: optuna.Study, out: Path) -> tuple[pd.DataFrame, str, dict]:
     spec = _spec(ostudy)
     cells = cell_frame(spec, ostudy)
-    table = stats.compare(cells, spec["baseline"])
+    table = stats.compare(cells, spec["baseline"], tuning.arm_lrs(spec, ostudy.user_attrs))
     cells.to_csv(out / "cells.csv", index=False)
     table.to_csv(out / "summary.csv", index=False)
-    text = ablation_markdown(ostudy.study_name, spec, table)
+    text = ablation_markdown(ostudy.study_name, spec, table, tuning.notes(spec, ostudy.user_attrs))
     (out / "summary.md").write_text(text)
     metric = spec["objective"]
     figures = {
@@ -155,6 +189,13 @@ def sweep_report(ostudy: optuna.Study, out: Path) -> tuple[str, dict]:
 
     spec = _spec(ostudy)
     ostudy.trials_dataframe().to_csv(out / "trials.csv", index=False)
+    if len(ostudy.directions) > 1:  # a Pareto front, not a best trial (pareto.py)
+        from nin_search.pareto import pareto_report
+
+        notes, figures, tables = pareto_report(ostudy, spec, out)
+        tables |= kept_models(ostudy, out, None)
+        _write(out, figures, tables, f"Sweep {ostudy.study_name}", notes)
+        return "\n".join(notes), figures
     figures, notes = {}, []
     makers = {
         "optimization_history": vis.plot_optimization_history,
@@ -182,6 +223,9 @@ def sweep_report(ostudy: optuna.Study, out: Path) -> tuple[str, dict]:
         )
     else:
         notes.insert(0, "no complete trial yet: no best configuration")
+    from nin_search.pareto import budget_notes
+
+    notes[1:1] = budget_notes(ostudy, spec)  # [constraints]: the samples over budget
     _write(out, figures, kept_models(ostudy, out, best), f"Sweep {ostudy.study_name}", notes)
     return "\n".join(notes), figures
 

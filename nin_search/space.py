@@ -11,6 +11,7 @@ Standard library only; mistakes raise ConfigError naming the file, the key and t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,15 +80,98 @@ def param(path: str, name: str, spec: Any) -> Param:
         kind = "float"
     for bound in (low, high):  # both ends must be values the config accepts
         check_value(name, want(bound), f"{where} bound")
-    return Param(name, kind, low, high, log, spec.get("step"))
+    return Param(name, kind, low, high, log, _step(where, spec, kind, low, high, log))
+
+
+def _step(where: str, spec: dict, kind: str, low, high, log: bool) -> float | int | None:
+    """The range's step: a positive number (an int for an int key) that divides high - low;
+    Optuna takes none with log and silently moves high onto a step that does not divide."""
+    if "step" not in spec:
+        return None
+    step = spec["step"]
+    allowed = "a positive integer" if kind == "int" else "a positive number"
+    if isinstance(step, bool) or not isinstance(step, int | float) or not 0 < step < math.inf:
+        raise ConfigError(f"{where}: step = {step!r} is not allowed; expected {allowed}")
+    if kind == "int" and not isinstance(step, int):
+        raise ConfigError(f"{where}: step = {step!r}: the key is an integer; expected {allowed}")
+    if log:
+        raise ConfigError(f"{where}: step = {step!r} cannot be combined with log = true")
+    n = (high - low) / step
+    if abs(n - round(n)) > 1e-9 * max(1.0, abs(n)):
+        raise ConfigError(
+            f"{where}: step = {step!r} does not divide high - low = {high - low:g}; "
+            "pick a step that lands on high"
+        )
+    return step if kind == "int" else float(step)
 
 
 def grid(params: dict[str, Param]) -> dict[str, list[Any]]:
     """The search space as lists, for Optuna's GridSampler."""
     return {
-        k: (p.choices if p.kind == "categorical" else list(range(p.low, p.high + 1)))
+        k: (p.choices if p.kind == "categorical" else list(range(p.low, p.high + 1, p.step or 1)))
         for k, p in params.items()
     }
 
 
-__all__ = ["Param", "param", "grid"]
+PER_ARM = ("lr-finder", "search")
+TUNING_SEED = 1000  # per_arm = "search" trains its trials at this train.seed by default
+
+
+def per_arm(path: str, raw: Any, seeds: list[int]) -> dict[str, dict[str, Any]]:
+    """An ablation's [params] table: how each arm's train.lr is chosen.
+
+    "train.lr" = { per_arm = "lr-finder" }    # the arm's own lr-finder recommendation
+    "train.lr" = { per_arm = "search", low = 1e-3, high = 0.1, log = true, trials = 6 }
+                                              # optional: seed = 1000 (the tuning seed)
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: [params] must be a table, but got {raw!r}")
+    out = {}
+    for name, spec in raw.items():
+        where = f'{path}: [params] "{name}"'
+        if name != "train.lr":
+            raise ConfigError(f"{where}: an ablation tunes train.lr per arm only")
+        if not isinstance(spec, dict) or spec.get("per_arm") not in PER_ARM:
+            got = spec.get("per_arm") if isinstance(spec, dict) else spec
+            raise ConfigError(
+                f"{where}: per_arm = {got!r} is not allowed; expected "
+                f'{{ per_arm = "lr-finder" }} or {{ per_arm = "search", low, high, trials }}'
+            )
+        if spec["per_arm"] == "lr-finder":
+            if set(spec) != {"per_arm"}:
+                raise ConfigError(
+                    f"{where}: per_arm = 'lr-finder' takes no other keys, but got "
+                    f"{sorted(set(spec) - {'per_arm'})} (set lr_finder.* in [lr_finder])"
+                )
+            out[name] = {"per_arm": "lr-finder"}
+            continue
+        allowed = {"per_arm", "low", "high", "log", "trials", "seed"}
+        if unknown := set(spec) - allowed:
+            raise ConfigError(
+                f"{where}: unknown key(s) {sorted(unknown)}; allowed {sorted(allowed)}"
+            )
+        if missing := {"low", "high", "trials"} - set(spec):
+            raise ConfigError(f"{where}: per_arm = 'search' needs {sorted(missing)}")
+        search = param(path, name, {k: spec[k] for k in ("low", "high", "log") if k in spec})
+        if search.low == search.high:
+            raise ConfigError(f"{where}: low = high = {search.low}: nothing to search")
+        trials, seed = spec["trials"], spec.get("seed", TUNING_SEED)
+        if type(trials) is not int or trials < 1:
+            raise ConfigError(f"{where}: trials = {trials!r} is not allowed; expected an int >= 1")
+        if type(seed) is not int or seed < 0 or seed in seeds:
+            raise ConfigError(
+                f"{where}: seed = {seed!r} is not allowed; expected an int >= 0 that is not "
+                f"one of the reported seeds {seeds}"
+            )
+        out[name] = {
+            "per_arm": "search",
+            "low": float(search.low),
+            "high": float(search.high),
+            "log": search.log,
+            "trials": trials,
+            "seed": seed,
+        }
+    return out
+
+
+__all__ = ["Param", "param", "grid", "per_arm", "PER_ARM"]

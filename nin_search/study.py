@@ -1,4 +1,4 @@
-"""Study files: TOML that names a search (or an ablation) over dotted config keys.
+"""Study files: TOML that names a search over dotted config keys (ablation files: ablation.py).
 
     name = "nin-lr-dropout-depth"
     n_trials = 40                       # finished trials (complete or pruned) to reach
@@ -13,10 +13,11 @@
     "model.head" = { choices = ["gap", "fc"] }
     # "train.lr" = { from_lr_finder = true }            # the latest lr-finder range
     [sampler]
-    type = "tpe"                        # tpe (seeded) | random | cmaes | gp | grid
+    type = "tpe"                        # tpe (seeded) | nsga2 | random | cmaes | gp | grid
     seed = 0
     [pruner]
     type = "hyperband"          # median | hyperband | successive-halving | percentile | none
+    # objective = ["best_val_acc", "macs"] and [constraints]: see pareto.py
 
 Everything is checked here, before anything runs; mistakes raise ConfigError naming the file,
 the key and the value. Standard library only.
@@ -28,6 +29,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from nin_search.components import check_args
 from nin_search.config import (
     PROFILES,
     SECTIONS,
@@ -41,7 +43,7 @@ from nin_search.config import (
 )
 from nin_search.space import Param, param
 
-SAMPLERS = ("tpe", "random", "cmaes", "gp", "grid")
+SAMPLERS = ("tpe", "nsga2", "random", "cmaes", "gp", "grid")
 PRUNERS = ("median", "hyperband", "successive-halving", "percentile", "none")
 OBJECTIVES = {  # name: (metric per epoch, direction, how the epochs reduce to one value)
     "best_val_acc": ("val_acc", "maximize", max),
@@ -50,6 +52,7 @@ OBJECTIVES = {  # name: (metric per epoch, direction, how the epochs reduce to o
 }
 TOP_KEYS = {
     "name", "n_trials", "profile", "objective", "params", "sampler", "pruner", "keep_models",
+    "constraints", "reference",
 }  # fmt: skip
 KEEP_MODELS = ("best", "all", "none")  # trial models kept in MLflow: the best so far, all, none
 
@@ -71,6 +74,17 @@ class Study:
     seeds: list[int] = field(default_factory=list)
     final_eval: bool = False  # also evaluate each finished trial on the test set
     keep_models: str = "best"  # KEEP_MODELS; ablations default to "none"
+    # sweeps (pareto.py): every objective in the file's order (several: a Pareto front; objective
+    # is then the trained one), budgets {"macs": max}, the base config's measured values
+    objectives: list[str] = field(default_factory=list)
+    constraints: dict[str, float] = field(default_factory=dict)
+    reference: dict[str, Any] = field(default_factory=dict)
+    # ablations: how each arm's lr is chosen ([params] "train.lr" = { per_arm = ... }), then
+    # what was chosen (tuning.py): arm -> train.lr and how; arms with no lr, with the reason
+    per_arm: dict[str, dict[str, Any]] = field(default_factory=dict)
+    arm_lr: dict[str, float] = field(default_factory=dict)
+    lr_how: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -78,7 +92,8 @@ class Study:
 
     def cells(self) -> list[dict[str, Any]]:
         """An ablation's grid, seed-major: {"arm": name, "train.seed": seed} per cell."""
-        return [{"arm": a, "train.seed": s} for s in self.seeds for a in self.arms]
+        arms = [a for a in self.arms if a not in self.skipped]  # no lr for it: never run
+        return [{"arm": a, "train.seed": s} for s in self.seeds for a in arms]
 
     def base_config(self) -> Config:
         """Defaults, then the study's profile, then its tables (and --set)."""
@@ -105,10 +120,22 @@ def _component(path: str, doc: dict, table: str, types: tuple, default: str) -> 
             f"{path}: [{table}] type = {spec['type']!r} is not allowed; "
             f"expected one of {', '.join(types)}"
         )
+    check_args(path, table, spec)
     return spec
 
 
-def _header(path: str, doc: dict, keys: set[str], objective: str) -> tuple[str, str | None, str]:
+NAME_MAX = 200  # characters: MLflow keeps run names ("NAME trial N") to 250, models to 256
+
+
+def shared_values(path: str, doc: dict, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The file's [model] [data] [train] [lr_finder] values, then --set (blamed on --set)."""
+    for key, value in (overrides or {}).items():
+        check_value(key, value, "--set")
+    tables = {k: v for k, v in doc.items() if k in SECTIONS}
+    return flatten_toml(tables, path) | (overrides or {})
+
+
+def header(path: str, doc: dict, keys: set[str], objective: str) -> tuple[str, str | None, str]:
     """name, profile and objective of a study or ablation file, after its keys are checked."""
     unknown = set(doc) - keys - set(SECTIONS)
     if unknown:
@@ -119,6 +146,12 @@ def _header(path: str, doc: dict, keys: set[str], objective: str) -> tuple[str, 
     name = _typed(path, doc, "name", str, "a non-empty string")
     if not name.strip():
         raise ConfigError(f"{path}: name must not be empty")
+    if len(name) > NAME_MAX or not name.isprintable():
+        raise ConfigError(
+            f"{path}: name = {name[:40]!r}{'...' if len(name) > 40 else ''} is not allowed; "
+            f"expected at most {NAME_MAX} printable characters (it names the MLflow experiment, "
+            "runs and model)"
+        )
     profile = doc.get("profile")
     if profile == "auto":  # as --profile auto: d2l on CUDA, cpu otherwise (torch asked lazily)
         import torch
@@ -140,13 +173,16 @@ def _header(path: str, doc: dict, keys: set[str], objective: str) -> tuple[str, 
 
 def load_study(path: str, overrides: dict[str, Any] | None = None) -> Study:
     """The study file at path, validated; overrides are --set values over its tables."""
+    from nin_search import pareto  # objectives, [constraints], [reference]
+
     doc = read_toml(path)
-    name, profile, objective = _header(path, doc, TOP_KEYS, "best_val_acc")
+    objectives = pareto.parse_objectives(path, doc.get("objective", "best_val_acc"))
+    trained = next(o for o in objectives if o in OBJECTIVES)
+    name, profile, objective = header(path, doc | {"objective": trained}, TOP_KEYS, trained)
     n_trials = _typed(path, doc, "n_trials", int, "an integer >= 1")
     if n_trials < 1:
         raise ConfigError(f"{path}: n_trials = {n_trials} is not allowed; expected >= 1")
-    tables = {k: v for k, v in doc.items() if k in SECTIONS}
-    base = flatten_toml(tables, path) | (overrides or {})
+    base = shared_values(path, doc, overrides)
     raw = doc.get("params", {})
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(
@@ -154,6 +190,13 @@ def load_study(path: str, overrides: dict[str, Any] | None = None) -> Study:
             f'"train.lr" = {{ low = 1e-3, high = 0.3, log = true }}'
         )
     params = {k: param(path, k, v) for k, v in raw.items()}
+    for key in params:  # a searched key fixed as well: the fixed value would be ignored
+        if key in base:
+            where = "--set" if key in (overrides or {}) else f"[{key.split('.')[0]}]"
+            raise ConfigError(
+                f'{path}: [params] "{key}" is searched, but {where} also sets {key} = '
+                f"{base[key]!r}; remove one of the two"
+            )
     study = Study(
         name,
         path,
@@ -161,12 +204,14 @@ def load_study(path: str, overrides: dict[str, Any] | None = None) -> Study:
         base,
         params,
         _component(path, doc, "sampler", SAMPLERS, "tpe"),
-        _component(path, doc, "pruner", PRUNERS, "median"),
+        # Optuna cannot prune a multi-objective study: no pruner is its default
+        _component(path, doc, "pruner", PRUNERS, "median" if len(objectives) == 1 else "none"),
         objective,
         profile,
     )
     study.base_config()  # the shared settings must be valid on their own
-    study.keep_models = _keep(path, doc, "best")
+    study.keep_models = keep_option(path, doc, "best")
+    pareto.configure(study, doc, objectives)  # objectives, [constraints], [reference], checked
     if study.sampler["type"] == "grid" and any(
         p.kind not in ("categorical", "int") for p in params.values()
     ):
@@ -176,10 +221,7 @@ def load_study(path: str, overrides: dict[str, Any] | None = None) -> Study:
     return study
 
 
-ABLATION_KEYS = {"name", "seeds", "baseline", "profile", "objective", "arms", "keep_models"}
-
-
-def _keep(path: str, doc: dict, default: str) -> str:
+def keep_option(path: str, doc: dict, default: str) -> str:
     keep = doc.get("keep_models", default)
     if keep not in KEEP_MODELS:
         raise ConfigError(
@@ -189,99 +231,26 @@ def _keep(path: str, doc: dict, default: str) -> str:
     return keep
 
 
-def load_ablation(
-    path: str, overrides: dict[str, Any] | None = None, n_seeds: int | None = None
-) -> Study:
-    """An ablation file: shared settings, one [arms.NAME] table of dotted overrides per arm.
-
-        name = "ablate-head"
-        seeds = [0, 1, 2]                 # every arm runs with every seed (train.seed)
-        baseline = "gap"                  # default: the first arm
-        profile = "quick"
-        [model]
-        batch_norm = true
-        [arms.gap]
-        "model.head" = "gap"
-        [arms.fc]
-        "model.head" = "fc"
-
-    n_seeds (--seeds N) keeps the file's first N seeds, or adds the next unused integers.
-    """
-    doc = read_toml(path)
-    name, profile, objective = _header(path, doc, ABLATION_KEYS, "final_val_acc")
-    seeds = doc.get("seeds", [0, 1, 2])
-    if (
-        not isinstance(seeds, list)
-        or not seeds
-        or any(type(x) is not int or x < 0 for x in seeds)
-        or len(set(seeds)) != len(seeds)
-    ):
-        raise ConfigError(
-            f"{path}: seeds = {seeds!r} is not allowed; expected a list of distinct integers >= 0"
-        )
-    if n_seeds is not None:
-        if n_seeds < 1:
-            raise ConfigError(f"--seeds {n_seeds} is not allowed; expected >= 1")
-        extra = [x for x in range(max(seeds) + 1 + n_seeds) if x not in seeds]
-        seeds = (seeds + extra)[:n_seeds]
-    raw = doc.get("arms", {})
-    if not isinstance(raw, dict) or len(raw) < 2:
-        raise ConfigError(
-            f"{path}: [arms] needs at least two arms, each a table of dotted overrides, e.g. "
-            f'[arms.fc] "model.head" = "fc"; got {len(raw) if isinstance(raw, dict) else raw!r}'
-        )
-    arms = {}
-    for arm, table in raw.items():
-        where = f"{path}: [arms.{arm}]"
-        if not isinstance(table, dict):
-            raise ConfigError(f"{where} must be a table of dotted overrides, but got {table!r}")
-        values = flatten_toml(table, where)
-        for key, value in values.items():
-            if key == "train.seed":
-                raise ConfigError(f"{where}: train.seed is set by seeds = [...], not per arm")
-            check_value(key, value, where)
-        arms[arm] = values
-    baseline = doc.get("baseline", next(iter(arms)))
-    if baseline not in arms:
-        raise ConfigError(
-            f"{path}: baseline = {baseline!r} is not an arm; arms: {', '.join(arms)}"
-        )
-    tables = {k: v for k, v in doc.items() if k in SECTIONS}
-    study = Study(
-        name,
-        path,
-        len(arms) * len(seeds),
-        flatten_toml(tables, path) | (overrides or {}),
-        {
-            # sorted: Optuna refuses a categorical whose choices change, order included
-            "arm": Param("arm", "categorical", choices=sorted(arms)),
-            # an int range, not choices: Optuna lets a range grow when --seeds adds seeds
-            "train.seed": Param("train.seed", "int", 0, max(seeds)),
-        },
-        {"type": "cells"},
-        {"type": "none"},
-        objective,
-        profile,
-        arms,
-        baseline,
-        seeds,
-        keep_models=_keep(path, doc, "none"),
-    )
-    for arm in arms:  # every arm must be a valid config on the shared settings
-        with_params(study, {"arm": arm}, f"{path}: [arms.{arm}]")
-    return study
-
-
 def with_params(study: Study, values: dict[str, Any], source: str) -> Config:
     """The study's base config with one trial's sampled values (an ablation arm's overrides
     first, then the other values)."""
     values = dict(values)
     arm = values.pop("arm", None)
     overrides = study.arms[arm] if arm is not None else {}
+    if arm in study.arm_lr:  # tuned for this arm (tuning.py)
+        overrides = overrides | {"train.lr": study.arm_lr[arm]}
     return apply(study.base_config(), overrides | values, source)
 
 
-__all__ = ["Study", "load_study", "load_ablation", "with_params", "OBJECTIVES"]
+__all__ = [
+    "Study",
+    "load_study",
+    "with_params",
+    "header",
+    "keep_option",
+    "shared_values",
+    "OBJECTIVES",
+]
 
 
 def spec(study: Study) -> dict[str, Any]:
@@ -290,6 +259,9 @@ def spec(study: Study) -> dict[str, Any]:
         "kind": study.kind,
         "path": study.path,
         "objective": study.objective,
+        "objectives": study.objectives,
+        "constraints": study.constraints,
+        "reference": study.reference,
         "base": flatten(study.base_config()),
         "params": {k: dataclasses.asdict(p) for k, p in study.params.items()},
         "arms": study.arms,
@@ -297,4 +269,5 @@ def spec(study: Study) -> dict[str, Any]:
         "seeds": study.seeds,
         "final_eval": study.final_eval,
         "keep_models": study.keep_models,
+        "per_arm": study.per_arm,
     }

@@ -11,31 +11,28 @@ has its trial failed after the grace period, retried once, and its MLflow run en
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import mlflow
 import optuna
-import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from nin_search import pareto
 from nin_search.ablation import check_same_ablation
 from nin_search.config import ConfigError, flatten
 from nin_search.space import grid
-from nin_search.storage import directory_lock, open_storage
+from nin_search.storage import DEFAULT_STORAGE, StoreLock, open_storage
 from nin_search.study import OBJECTIVES, Study, spec
 from nin_search.tracking import experiment_id, mask, setup_tracking, tracking_uri, ui_command
 from nin_search.train import resolved
-from nin_search.trial import (
-    DataCache,
-    TrialRejected,
-    check_ctrl_c,
-    deferred_ctrl_c,
-    make_objective,
+from nin_search.trial import DataCache, make_objective
+from nin_search.workers import (
+    command_id,
+    fail_stale,
+    spawn,
+    this_run,
+    work,
+    worker_command,  # noqa: F401  (moved to workers.py; still importable here)
 )
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -52,6 +49,7 @@ def make_sampler(study: Study, offset: int = 0) -> optuna.samplers.BaseSampler:
     args["seed"] = seed + offset if type(seed) is int else seed  # not int: the sampler says so
     classes = {
         "tpe": optuna.samplers.TPESampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
         "random": optuna.samplers.RandomSampler,
         "cmaes": optuna.samplers.CmaEsSampler,
         "gp": optuna.samplers.GPSampler,
@@ -91,14 +89,27 @@ def open_study(study: Study, url: str) -> optuna.Study:
     sampler, pruner = make_sampler(study), make_pruner(study)  # a bad argument writes nothing
     storage = open_storage(url)
     try:
-        return optuna.create_study(
+        ostudy = optuna.create_study(
             study_name=study.name,
             storage=storage,
             load_if_exists=True,
-            direction=OBJECTIVES[study.objective][1],
+            directions=pareto.directions(study),
             sampler=sampler,
             pruner=pruner,
         )
+        kind = (ostudy.user_attrs.get("nin_spec") or {}).get("kind", study.kind)
+        if kind != study.kind:  # one name, one kind: its trials and record are not shared
+            raise ConfigError(
+                f"{study.path}: name {study.name!r} is taken by an existing {kind} in "
+                f"{mask(url)}; give this {study.kind} a name of its own (name = ...)"
+            )
+        had = [d.name.lower() for d in ostudy.directions]
+        if had != pareto.directions(study):  # create_study loads it without a word
+            raise ConfigError(
+                f"{study.path}: study {study.name!r} was started with directions {had}, but "
+                f"objective now gives {pareto.directions(study)}; give it a new name = ..."
+            )
+        return ostudy
     except ConfigError:
         raise
     except Exception as e:
@@ -119,30 +130,31 @@ def parent_run(ostudy: optuna.Study, study: Study, exp_id: str) -> str:
         run_name=study.name,
         tags={"nin.role": "study", "nin.study": study.name, "nin.study_file": study.path},
     )
-    for key, value in flatten(study.base_config()).items():
-        client.log_param(run.info.run_id, key, value)
-    client.log_dict(
-        run.info.run_id,
-        {k: dataclasses.asdict(p) for k, p in study.params.items()},
-        "search_space.json",
-    )
-    if Path(study.path).is_file():
-        client.log_artifact(run.info.run_id, study.path)
-    client.set_terminated(run.info.run_id, "FINISHED")  # children link to it; it never runs
-    ostudy.set_user_attr("mlflow_parent_run_id", run.info.run_id)
-    time.sleep(0.2)
-    winner = optuna.load_study(study_name=study.name, storage=ostudy._storage).user_attrs[
-        "mlflow_parent_run_id"
-    ]
-    if winner != run.info.run_id:  # another worker created one at the same moment
-        client.delete_run(run.info.run_id)
-    return winner
+    try:  # recorded first and ended whatever fails below: a rerun finds it, none is RUNNING
+        ostudy.set_user_attr("mlflow_parent_run_id", run.info.run_id)  # under _open's StoreLock
+        for key, value in flatten(study.base_config()).items():
+            client.log_param(run.info.run_id, key, value)
+        client.log_dict(
+            run.info.run_id,
+            {k: dataclasses.asdict(p) for k, p in study.params.items()},
+            "search_space.json",
+        )
+        if Path(study.path).is_file():
+            client.log_artifact(run.info.run_id, study.path)
+    finally:
+        client.set_terminated(run.info.run_id, "FINISHED")  # children link to it; it never runs
+    return run.info.run_id
 
 
 def _open(study: Study, url: str, worker: bool = False) -> tuple[optuna.Study, str, str]:
     """The Optuna study, the MLflow experiment id and the parent run id; the study first, so a
     storage that cannot be used leaves no MLflow store behind."""
-    with directory_lock():
+    # every command and worker on this study, in any directory or on any machine, opens it in
+    # turn: fresh SQLite stores would be created (and MLflow's schema migrated) twice at once,
+    # and two parent runs made; a trial of a dead worker is failed before anyone counts
+    if url == DEFAULT_STORAGE:
+        Path("mlruns").mkdir(exist_ok=True)
+    with StoreLock(url, key=study.name):
         ostudy = open_study(study, url)
         if worker:
             # the k-th worker on the study samples with seed + k: with one seed for all, parallel
@@ -150,14 +162,16 @@ def _open(study: Study, url: str, worker: bool = False) -> tuple[optuna.Study, s
             k = ostudy.user_attrs.get("workers_started", 0)
             ostudy.set_user_attr("workers_started", k + 1)
             ostudy.sampler = make_sampler(study, k)
-        setup_tracking()
-        exp_id = experiment_id(study.name)
-        return ostudy, exp_id, parent_run(ostudy, study, exp_id)
+        uri = setup_tracking()
+        with StoreLock(uri if uri.startswith("sqlite") else None):
+            exp_id = experiment_id(study.name)
+            fail_stale(ostudy)  # ends their MLflow runs too: after setup_tracking
+            return ostudy, exp_id, parent_run(ostudy, study, exp_id)
 
 
 def finished(study: Study, ostudy: optuna.Study) -> int:
     """Finished trials; for an ablation, the cells of its grid with a finished trial."""
-    trials = ostudy.get_trials(deepcopy=False, states=FINISHED)
+    trials = [t for t in ostudy.get_trials(deepcopy=False, states=FINISHED) if pareto.counted(t)]
     if not study.arms:
         return len(trials)
     grid = {(c["arm"], c["train.seed"]) for c in study.cells()}
@@ -172,7 +186,7 @@ def _counts(ostudy: optuna.Study) -> dict[TrialState, int]:
 def _best(ostudy: optuna.Study) -> FrozenTrial | None:
     try:
         return ostudy.best_trial
-    except ValueError:
+    except (ValueError, RuntimeError):  # none complete (or feasible); several objectives
         return None
 
 
@@ -181,7 +195,14 @@ def _report_trial(study: Study, _ostudy: optuna.Study, trial: FrozenTrial) -> No
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()
     )
     if trial.state == TrialState.COMPLETE:
-        what = f"complete: {study.objective} {trial.value:.4f}"
+        names = study.objectives or [study.objective]
+        what = "complete: " + ", ".join(
+            f"{n} {v:.4f}" if n in OBJECTIVES else f"{n} {v:,.0f}" if n != "epoch_time_s" else
+            f"{n} {v:.2f}"
+            for n, v in zip(names, trial.values, strict=True)
+        )  # fmt: skip
+    elif "over_budget" in trial.user_attrs:
+        what = f"rejected untrained, {trial.user_attrs['over_budget']}"
     elif trial.state == TrialState.PRUNED:
         what = f"pruned at epoch {trial.user_attrs.get('pruned_epoch', '?')}"
         if "reason" in trial.user_attrs:
@@ -201,31 +222,11 @@ def run_worker(
 ) -> int:
     """Run trials in this process until the study holds `target` finished ones."""
     ostudy, exp_id, parent = _open(study, url, worker=True)
-    if finished(study, ostudy) >= target:
-        return 0
-    if study.arms:
-        from nin_search.ablation import free_cells
-
-        if not free_cells(ostudy, study.cells()):  # the rest is running in other workers
-            return 0
     objective = make_objective(study, exp_id, parent, lr_range, DataCache(), extra_tags)
-
-    def enough(s: optuna.Study, _t: FrozenTrial) -> None:
-        if finished(study, s) >= target:
-            s.stop()
-
-    with deferred_ctrl_c():
-        ostudy.optimize(
-            objective,
-            n_trials=3 * target,
-            timeout=timeout,
-            catch=(TrialRejected,),
-            callbacks=[
-                enough,
-                lambda s, t: _report_trial(study, s, t),
-                lambda s, t: check_ctrl_c(),  # pressed between trials: start no other
-            ],
-        )
+    # over-budget samples cost no training and do not count: allow many of them
+    most = (30 if study.constraints else 3) * target
+    report = lambda s, t: _report_trial(study, s, t)  # noqa: E731
+    work(study, ostudy, objective, target, timeout, report, most)  # workers.py
     return 0
 
 
@@ -244,7 +245,8 @@ def run_sweep(
     --worker: such a process runs trials only and leaves the summary to the one that started it.
     """
     target = n_trials or study.n_trials
-    ostudy, _, parent = _open(study, url)
+    command_id(worker)  # marks the trials this command's workers run: "this run" below
+    ostudy, exp_id, parent = _open(study, url)
     before = _counts(ostudy)
     done = finished(study, ostudy)
     best_before = _best(ostudy)
@@ -264,6 +266,14 @@ def run_sweep(
             f"MLflow experiment {study.name!r}, parent run {parent}; "
             f"{precision} (train.precision)"
         )
+    if study.per_arm:  # each arm's lr first (tuning.py); --workers' workers read the choices
+        from nin_search.tuning import apply_records, tune_arms
+
+        if worker:
+            apply_records(study, ostudy.user_attrs)
+        else:
+            tune_arms(study, ostudy, url, exp_id, parent)
+        target, done = study.n_trials, finished(study, ostudy)
     if done >= target:
         if not worker:
             print(
@@ -280,7 +290,7 @@ def run_sweep(
     if workers <= 1:
         code = run_worker(study, url, target, timeout, lr_range)
     else:
-        code = _spawn(workers, argv_tail or [], url)
+        code = spawn(workers, argv_tail or [], url)
     if worker:
         return code
     final = optuna.load_study(study_name=study.name, storage=open_storage(url))
@@ -292,41 +302,10 @@ def run_sweep(
     return code
 
 
-def worker_command(argv_tail: list[str], url: str) -> tuple[list[str], dict]:
-    """argv and environment of one worker of this command. The storage URL, password and all,
-    goes in $NIN_SEARCH_STORAGE, not on the command line, which `ps` shows to every user."""
-    cmd = [sys.executable, "-m", "nin_search", *argv_tail, "--workers", "1", "--worker"]
-    return cmd, dict(os.environ) | {"NIN_SEARCH_STORAGE": url}
-
-
-def _spawn(workers: int, argv_tail: list[str], url: str) -> int:
-    """K worker processes of this same command; each gets its own GPU when there are several."""
-
-    gpus = torch.cuda.device_count()
-    procs = []
-    for i in range(workers):
-        cmd, env = worker_command(argv_tail, url)
-        if gpus > 1:
-            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
-        # a session of their own: the terminal's Ctrl-C reaches them once, forwarded below
-        procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
-    try:
-        codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:  # pass it on; each worker ends its running trial KILLED
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in procs:
-            p.wait()
-        raise
-    return max(codes, key=abs)
-
-
 def _summary(
     study: Study, ostudy: optuna.Study, url: str, target: int, before, best_before, parent
 ) -> None:
-    after = _counts(ostudy)
-    now = {s: after[s] - before[s] for s in TrialState}
+    after, now = _counts(ostudy), this_run(ostudy)  # not the trials of other commands
     done = finished(study, ostudy)
     print(
         f"this run: {sum(now.values())} trials ({now[TrialState.COMPLETE]} complete, "
@@ -339,10 +318,15 @@ def _summary(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items()
         )
         improved = best_before is None or best.number != best_before.number
+        feasible = " feasible" if study.constraints else ""
         print(
-            f"best {study.objective} {best.value:.4f} (trial {best.number}: {params}); "
+            f"best{feasible} {study.objective} {best.value:.4f} (trial {best.number}: {params}); "
             + ("improved during this run" if improved else "not improved during this run")
         )
+    for line in pareto.summary_lines(study, ostudy):  # budget counts, the Pareto front
+        print(line)
+    if pareto.is_multi(study):
+        pareto.log_front(study, ostudy, parent)
     uri = tracking_uri()
     print(
         f"Optuna: {mask(url)} (optuna-dashboard {mask(url)}); MLflow: experiment "

@@ -23,6 +23,7 @@ import mlflow
 import optuna
 import torch
 
+from nin_search import pareto
 from nin_search.accounting import summarize
 from nin_search.config import ConfigError, flatten
 from nin_search.data import Data, load_data
@@ -38,6 +39,7 @@ MLFLOW_STATUS = {
     "diverged": "FAILED",
     "failed": "FAILED",
     "interrupted": "KILLED",
+    "over-budget": "FINISHED",  # rejected untrained by [constraints] (pareto.py)
 }
 
 
@@ -78,15 +80,19 @@ def deferred_ctrl_c():
     (SQLAlchemy's weakref callbacks)."""
     _ctrl_c.clear()
     _training.clear()
-    default = signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    if not default or threading.current_thread() is not threading.main_thread():
-        yield  # ignored (nohup), another handler, or not ours to change: leave it
+    if threading.current_thread() is not threading.main_thread():
+        yield  # not ours to change
         return
-    signal.signal(signal.SIGINT, _on_ctrl_c)
+    # SIGTERM (kill, Slurm, systemd) and SIGHUP (the terminal closed) end a trial as Ctrl-C
+    # does, unless ignored (nohup) or handled by someone else: theirs are left alone
+    mine = [signal.SIGINT] if signal.getsignal(signal.SIGINT) is signal.default_int_handler else []
+    mine += [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) == signal.SIG_DFL]
+    previous = {s: signal.signal(s, _on_ctrl_c) for s in mine}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         _training.clear()
     check_ctrl_c()  # pressed while the last trial was being logged: still an interrupt
 
@@ -115,6 +121,7 @@ def make_objective(
     extra_tags: dict | None = None,
 ):
     metric, _, reduce = OBJECTIVES[study.objective]
+    multi = pareto.is_multi(study)  # Optuna prunes single-objective studies only
 
     def objective(trial: optuna.Trial) -> float:
         if study.arms:
@@ -134,6 +141,8 @@ def make_objective(
         if "arm" in values:  # an ablation cell: the MLflow UI compares arms by these
             arm, seed = values["arm"], values["train.seed"]
             tags |= {"nin.arm": arm, "nin.seed": str(seed)}
+            if arm in study.lr_how:  # its lr was tuned for it (tuning.py)
+                tags["nin.lr_how"] = study.lr_how[arm][:5000]
             run_name = f"{arm} seed {seed}"
         reason, cfg = "", None
         try:
@@ -143,6 +152,7 @@ def make_objective(
             size = summarize(cfg)["totals"]
         except ConfigError as e:
             reason = str(e)
+        over = pareto.budget(study, trial, size) if not reason else ""  # sets its constraints
         setup = time.perf_counter()  # tracking overhead: the run's setup and every epoch's log
         run = mlflow.start_run(
             experiment_id=exp_id,
@@ -161,14 +171,21 @@ def make_objective(
             trial.set_user_attr("params", size["params"])
             trial.set_user_attr("macs", size["macs"])
             mlflow.log_metrics({"model_params": size["params"], "model_macs": size["macs"]})
+            if over:  # before any data is read; TPE learns from it (pareto.py)
+                state = "over-budget"
+                trial.set_user_attr("over_budget", over)
+                mlflow.set_tag("nin.reason", over)
+                raise optuna.TrialPruned(over)
             overhead = []
 
             def on_epoch(m: dict) -> str | None:
                 _training.clear()  # a Ctrl-C waits until this epoch is logged
                 start = time.perf_counter()
                 mlflow.log_metrics({k: v for k, v in m.items() if k != "epoch"}, step=m["epoch"])
-                trial.report(m[metric], m["epoch"])
-                prune = trial.should_prune()
+                prune = False
+                if not multi:
+                    trial.report(m[metric], m["epoch"])
+                    prune = trial.should_prune()
                 overhead.append((time.perf_counter() - start, m["epoch_time_s"]))
                 _training.set()
                 check_ctrl_c()
@@ -205,6 +222,11 @@ def make_objective(
             state = "complete"
             value = reduce([h[metric] for h in result.history])
             mlflow.log_metric(f"objective_{study.objective}", value)
+            if multi:  # every objective, in the study file's order
+                value = pareto.values(study, result.history, size)
+                mlflow.log_metrics(
+                    {f"objective_{n}": v for n, v in zip(study.objectives, value, strict=True)}
+                )
             if study.final_eval:  # reported, never used for tuning or pruning
                 loss, acc = evaluate(
                     result.model, data.test_x, data.test_y, data, cfg.train.precision
@@ -219,8 +241,9 @@ def make_objective(
         except KeyboardInterrupt:
             state = "interrupted"
             raise
-        finally:
-            mlflow.set_tag("nin.state", state)
+        finally:  # a store that fails mid-run: end the run if it still can (not RUNNING)
+            with contextlib.suppress(Exception):
+                mlflow.set_tag("nin.state", state)
             mlflow.end_run(MLFLOW_STATUS[state])
 
     return objective
