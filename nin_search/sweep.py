@@ -103,6 +103,12 @@ def open_study(study: Study, url: str) -> optuna.Study:
                 f"{study.path}: name {study.name!r} is taken by an existing {kind} in "
                 f"{mask(url)}; give this {study.kind} a name of its own (name = ...)"
             )
+        was = (ostudy.user_attrs.get("nin_spec") or {}).get("objectives")
+        if was and study.objectives and was != study.objectives:  # same directions, other values
+            raise ConfigError(
+                f"{study.path}: study {study.name!r} was started with objective {was}, but the "
+                f"file now gives {study.objectives}; give it a new name = ..."
+            )
         had = [d.name.lower() for d in ostudy.directions]
         if had != pareto.directions(study):  # create_study loads it without a word
             raise ConfigError(

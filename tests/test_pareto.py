@@ -22,6 +22,7 @@ from test_sweep import (
     children,
     parents,
     sqlite_url,
+    sweep,
     sweep_ok,
     with_mlflow_store,
     write_study,
@@ -97,6 +98,19 @@ def test_resume_reaches_the_target_exactly(pareto):
     assert len(pareto.study.trials) == 4
     assert len(done) == 4
     assert "2 of 4 trials finished" in pareto.second.stdout
+
+
+def test_resume_with_other_objectives_of_the_same_directions_is_refused(pareto):
+    # macs -> params: still (maximize, minimize), but the stored values are MACs
+    text = (pareto.folder / "study.toml").read_text().replace('"macs"]', '"params"]')
+    (pareto.folder / "other.toml").write_text(text)
+    res = sweep("other.toml", cwd=pareto.folder)
+    (pareto.folder / "other.toml").unlink()
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "was started with objective ['best_val_acc', 'macs']" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    study = optuna.load_study(study_name="pareto", storage=sqlite_url(pareto.folder))
+    assert len(study.trials) == 4  # nothing ran
 
 
 def test_trial_values_are_its_accuracy_and_its_macs(pareto):
