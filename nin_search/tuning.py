@@ -29,7 +29,7 @@ from nin_search.space import Param
 from nin_search.study import OBJECTIVES, Study, with_params
 from nin_search.tracking import run_tags
 from nin_search.train import resolve_device, resolved
-from nin_search.trial import DataCache, TrialRejected, check_ctrl_c, deferred_ctrl_c
+from nin_search.trial import DataCache, check_ctrl_c, deferred_ctrl_c
 
 KEY = "nin_arm_lr:"  # + arm: {"lr": float | None, "how": str, "message": str, "runs": [...]}
 
@@ -176,42 +176,36 @@ def tuning_study(study: Study, arm: str, spec: dict) -> Study:
 def _search(
     study: Study, arm: str, spec: dict, url: str, exp_id: str, parent: str, cache: DataCache
 ) -> dict:
-    from nin_search.sweep import FINISHED, open_study
+    from nin_search.sweep import finished, open_study
     from nin_search.trial import make_objective
+    from nin_search.workers import work
 
     tune = tuning_study(study, arm, spec)
     ostudy = open_study(tune, url)
     tags = {"nin.role": "tuning", "nin.arm": arm}
     objective = make_objective(tune, exp_id, parent, None, cache, tags)
 
-    def done(s: optuna.Study) -> int:
-        return len(s.get_trials(deepcopy=False, states=FINISHED))
-
-    def enough(s: optuna.Study, t) -> None:
+    def report(_s: optuna.Study, t) -> None:
         value = (
             f"{study.objective} {t.value:.4f}" if t.state == TrialState.COMPLETE else t.state.name
         )
         lr = t.params.get("train.lr", float("nan"))
         print(f"arm {arm}: tuning trial {t.number} train.lr {lr:.3g}: {value}", flush=True)
-        check_ctrl_c()
-        if done(s) >= tune.n_trials:
-            s.stop()
 
     print(
-        f"arm {arm}: lr search, {done(ostudy)} of {tune.n_trials} trials finished "
+        f"arm {arm}: lr search, {finished(tune, ostudy)} of {tune.n_trials} trials finished "
         f"(train.seed {spec['seed']}, validation split)",
         flush=True,
     )
-    if done(ostudy) < tune.n_trials:
-        with deferred_ctrl_c():
-            ostudy.optimize(
-                objective, n_trials=3 * tune.n_trials, catch=(TrialRejected,), callbacks=[enough]
-            )
+    # the sweep's own worker loop: stale trials failed and retried, never past the target,
+    # shared safely by machines tuning the same arm
+    work(tune, ostudy, objective, tune.n_trials, None, report, 3 * tune.n_trials)
     complete = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     runs = [t.user_attrs.get("mlflow_run_id") for t in ostudy.get_trials(deepcopy=False)]
     scale = "log" if spec["log"] else "linear"
     how = (
-        f"search: {done(ostudy)} TPE trials over [{spec['low']:.3g}, {spec['high']:.3g}] "
+        f"search: {finished(tune, ostudy)} TPE trials over "
+        f"[{spec['low']:.3g}, {spec['high']:.3g}] "
         f"({scale}), train.seed {spec['seed']}, validation split"
     )
     if not complete:
