@@ -24,7 +24,10 @@ table. Prints markdown; imports only torch and nin_search's engine, so it runs o
 Every finished run and range test is appended to --cache (a JSON-lines file, one record per run,
 keyed by its overrides, lr, seed and torch version) and reused by a later invocation, so the
 full run can be done in pieces (`--configs adamw/lin2013` today, the rest another day) and the
-table printed from the cache once all six are in. `--threads N` bounds torch's intra-op threads
+table printed from the cache once all six are in (`--cached-only` prints what the cache holds,
+trains nothing and names the configurations not yet measured). New records also keep the val
+accuracy after every epoch, and the grid table shows the grid-best's last-epoch gain (issue 12's
+convergence measure). `--threads N` bounds torch's intra-op threads
 (leave a core free for other work). Delete the file, or pass --cache '', to start over.
 """
 
@@ -103,6 +106,10 @@ def cache_key(kind: str, sets: list[str], lr: float | None = None, seed: int | N
     return json.dumps([kind, PROFILE, sorted(sets), lr, seed, torch.__version__])
 
 
+class NotCached(Exception):
+    """--cached-only met a run or range test the cache does not hold."""
+
+
 def grid(opt: str, points: int) -> list[float]:
     _, lo, hi = OPTIMIZERS[opt]
     if points == 1:
@@ -121,6 +128,11 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], dest="sets", help="KEY=VALUE")
     ap.add_argument("--cache", default=CACHE, help="JSON-lines file of finished runs ('' = none)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="train nothing: print the tables from --cache, listing what is not yet measured",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -154,13 +166,16 @@ def main() -> None:
         f"this run: up to {runs} runs x {epochs} epochs = {runs * epochs} epochs",
         flush=True,
     )
-    data = load_data(base.data, resolve_device(base.train.device), with_test=False)
-    chance = 1 / data.num_classes
-    print(
-        f"data: {len(data.train_x):,} train / {len(data.val_x):,} val images at "
-        f"{data.input_size} px on {data.train_x.device}; torch {torch.__version__}",
-        flush=True,
-    )
+    if args.cached_only:
+        data, chance = None, 0.1
+    else:
+        data = load_data(base.data, resolve_device(base.train.device), with_test=False)
+        chance = 1 / data.num_classes
+        print(
+            f"data: {len(data.train_x):,} train / {len(data.val_x):,} val images at "
+            f"{data.input_size} px on {data.train_x.device}; torch {torch.__version__}",
+            flush=True,
+        )
     started, full_epoch_s = time.perf_counter(), []
 
     def score(sets: list[str], lr: float, seed: int) -> float:
@@ -169,6 +184,8 @@ def main() -> None:
             r = cached[key]
             print(f"  lr {lr:.3g} seed {seed}: {r['status']} val_acc {r['val_acc']:.4f} (cached)")
             return r["val_acc"]
+        if args.cached_only:
+            raise NotCached(f"lr {lr:.3g} seed {seed}")
         cfg = load_config(
             overrides=sets + [f"train.lr={lr}", f"train.seed={seed}"], profile=PROFILE
         )
@@ -192,6 +209,7 @@ def main() -> None:
                 "seed": seed,
                 "status": r.status,
                 "val_acc": acc,
+                "val_acc_by_epoch": [round(h["val_acc"], 4) for h in r.history],
                 "wall_s": round(time.perf_counter() - t, 1),
                 "device": str(data.train_x.device),
                 "precision": r.precision,
@@ -199,9 +217,12 @@ def main() -> None:
         )
         return acc
 
-    rows, grids, summary = [], [], {}
-    for name in chosen:
-        sets = all_configs[name] + extra
+    rows, grids, summary, missing = [], [], {}, []
+
+    def measure(name: str, sets: list[str]) -> None:
+        """One configuration's grid, range test and rule runs; its rows go in only when whole."""
+        my_rows: list[str] = []
+        my_summary: dict[str, tuple[float, float, bool]] = {}
         print(f"{name}: grid", flush=True)
         means = {}
         for lr in grid(name.split("/")[0], args.grid_points):
@@ -210,10 +231,16 @@ def main() -> None:
         best = means[best_lr]
         lrs = list(means)
         edge = " (at the grid's edge: widen it)" if best_lr in (lrs[0], lrs[-1]) else ""
-        grids.append(
+        curves = [
+            cached[cache_key("run", sets, best_lr, n)].get("val_acc_by_epoch")
+            for n in range(args.seeds)
+        ]
+        gains = [100 * (c[-1] - c[-2]) for c in curves if c and len(c) >= 2]
+        gain = f"{statistics.mean(gains):+.2f}" if len(gains) == args.seeds else "not recorded"
+        grid_row = (
             f"| {name} | "
             + ", ".join(f"{lr:.3g}: {100 * a:.2f}" for lr, a in means.items())
-            + " |"
+            + f" | {gain} |"
         )
         cfg = load_config(overrides=sets, profile=PROFILE)
         print(f"{name}: range test", flush=True)
@@ -221,6 +248,8 @@ def main() -> None:
         if key in cached:
             c = cached[key]["curve"]
             curve = Curve(c["lrs"], c["losses"], c["smoothed"], c["stop_reason"], c["runs"])
+        elif args.cached_only:
+            raise NotCached("the range test")
         else:
             curve = find_lr(cfg, data).curve
             remember({"key": key, "sets": sets, "curve": vars(curve)})
@@ -230,12 +259,12 @@ def main() -> None:
                 key = f"{rule}/{smoothing}"
                 f = suggest(curve, cfg.lr_finder.num_iter, rule, smoothing)
                 if f.status != "ok":
-                    rows.append(
+                    my_rows.append(
                         f"| {name} | {best_lr:.3g} ({100 * best:.2f}){edge} | {label(key)} | "
                         f"{f.status} | - | - | - | no |"
                     )
-                    print(rows[-1], flush=True)
-                    summary.setdefault(key, []).append((math.inf, math.inf, False))
+                    print(my_rows[-1], flush=True)
+                    my_summary[key] = (math.inf, math.inf, False)
                     continue
                 lr = f.recommended_lr
                 if lr not in cache:
@@ -245,13 +274,23 @@ def main() -> None:
                 low, high = f.recommended_range
                 inside = low <= best_lr <= high
                 ratio = lr / best_lr
-                rows.append(
+                my_rows.append(
                     f"| {name} | {best_lr:.3g} ({100 * best:.2f}){edge} | {label(key)} | "
                     f"{lr:.3g} | {times(ratio)} | {100 * cache[lr]:.2f} | {regret:+.2f} | "
                     f"{'yes' if inside else 'no'} [{low:.3g}, {high:.3g}] |"
                 )
-                summary.setdefault(key, []).append((regret, max(ratio, 1 / ratio), inside))
-                print(rows[-1], flush=True)
+                my_summary[key] = (regret, max(ratio, 1 / ratio), inside)
+                print(my_rows[-1], flush=True)
+        grids.append(grid_row)
+        rows.extend(my_rows)
+        for key, value in my_summary.items():
+            summary.setdefault(key, []).append(value)
+
+    for name in chosen:
+        try:
+            measure(name, all_configs[name] + extra)
+        except NotCached as e:
+            missing.append(f"{name} (first missing: {e})")
 
     took = time.perf_counter() - started
     print(
@@ -259,7 +298,10 @@ def main() -> None:
         f"{args.grid_points} grid lrs, extra sets {args.sets}; {took / 60:.1f} min; "
         f"valley/ema is fastai's valley, half-decade/zero-phase ours\n"
     )
-    print("| configuration | lr grid: mean val_acc (%) per train.lr |\n|---|---|")
+    print(
+        "| configuration | lr grid: mean val_acc (%) per train.lr | last-epoch gain at the "
+        "grid-best (points) |\n|---|---|---|"
+    )
     print("\n".join(grids))
     print(
         "\n| configuration | grid-best lr (val_acc %) | rule/smoothing | lr | lr / grid-best | "
@@ -278,6 +320,8 @@ def main() -> None:
             f"{sum(x <= 3 for _, x, _ in vals)}/{n} | {sum(i for _, _, i in vals)}/{n} | "
             f"{statistics.median(r for r, _, _ in vals):+.2f} |"
         )
+    if missing:
+        print(f"\nnot yet measured ({len(missing)} of {len(chosen)}): " + "; ".join(missing))
     if DEFAULT in summary:
         vals, n = summary[DEFAULT], len(summary[DEFAULT])
         need = math.ceil(5 * n / 6)  # 5 of 6 at the full size
