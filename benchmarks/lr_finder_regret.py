@@ -11,9 +11,10 @@ model.width=0.25 (`--models` adds `nobn`, lin2013 without BatchNorm). For each:
    bracket the optimum; a grid-best at either end is flagged), --seeds seeds a point
    (train.seed = 0, 1, ...), each trained for the profile's train.epochs (--epochs overrides); the
    score is the final val_acc, a diverged run counts as chance;
-2. one range test (the profile's lr_finder settings, train.seed 0), read with every lr_finder.rule
-   on every lr_finder.smoothing curve (`valley/ema` is fastai's own valley,
-   `half-decade/zero-phase` ours); then runs at each distinct suggested lr with the same seeds.
+2. one range test (the profile's lr_finder settings, train.seed 0), read with ours
+   (`half-decade/zero-phase`, the default) and fastai's valley, steep and minimum on its causal
+   EMA (`valley/ema` is fastai's own valley; `--rules all` reads every lr_finder.rule on every
+   lr_finder.smoothing curve); then runs at each distinct suggested lr with the same seeds.
 Per configuration and rule: the lr, its ratio to the grid-best lr, the regret (grid-best mean
 val_acc minus the rule's, in points) and whether the grid-best lr lies in the rule's recommended
 sweep range. Then per rule over all configurations, and the issue's targets checked for the default
@@ -60,6 +61,10 @@ MODELS = {
 }
 DEFAULT_MODELS = ("lin2013", "w0.25")
 SMOOTHINGS = ("zero-phase", "ema")
+# the rules the issue compares: ours (the default) and fastai's three as fastai computes them, on
+# its causal EMA; `--rules all` adds every other rule/smoothing pair (twice the rule runs)
+RULES = ("half-decade/zero-phase", "valley/ema", "steep/ema", "minimum/ema")
+ALL_RULES = tuple(f"{r}/{s}" for s in SMOOTHINGS for r in FINDER_RULES)
 DEFAULT = f"{LRFinderConfig().rule}/{LRFinderConfig().smoothing}"
 NOTES = {"valley/ema": "fastai's valley", "half-decade/zero-phase": "ours", DEFAULT: "default"}
 
@@ -124,7 +129,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2, help="seeds per lr (train.seed 0..n-1)")
     ap.add_argument("--grid-points", type=int, default=8, help="log-spaced lrs per optimizer")
     ap.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
-    ap.add_argument("--smoothings", default=",".join(SMOOTHINGS))
+    ap.add_argument(
+        "--rules", default=",".join(RULES), help="rule/smoothing pairs to run, or 'all'"
+    )
     ap.add_argument("--set", action="append", default=[], dest="sets", help="KEY=VALUE")
     ap.add_argument("--cache", default=CACHE, help="JSON-lines file of finished runs ('' = none)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -148,7 +155,11 @@ def main() -> None:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if unknown := set(models) - set(MODELS):
         raise SystemExit(f"--models: unknown {sorted(unknown)}; known: {', '.join(MODELS)}")
-    smoothings = [s.strip() for s in args.smoothings.split(",") if s.strip()]
+    rules = list(ALL_RULES) if args.rules == "all" else [r.strip() for r in args.rules.split(",")]
+    if unknown := [r for r in rules if r not in ALL_RULES]:
+        raise SystemExit(f"--rules: unknown {unknown}; known: {', '.join(ALL_RULES)}, all")
+    if DEFAULT not in rules:
+        rules.insert(0, DEFAULT)
     all_configs = configs(models)
     chosen = select(list(all_configs), args.configs)
     extra = args.sets + ([f"train.epochs={args.epochs}"] if args.epochs else [])
@@ -156,9 +167,9 @@ def main() -> None:
     epochs = base.train.epochs
 
     full_epochs = load_config(profile=PROFILE).train.epochs
-    n_rules = len(FINDER_RULES) * len(SMOOTHINGS)
+    n_rules = len(RULES)
     full_runs = len(configs(list(DEFAULT_MODELS))) * (8 + n_rules) * 2
-    runs = len(chosen) * (args.grid_points + len(FINDER_RULES) * len(smoothings)) * args.seeds
+    runs = len(chosen) * (args.grid_points + len(rules)) * args.seeds
     print(
         f"cost: the full run (6 configurations x (8 grid lrs + up to {n_rules} rule lrs) x 2 "
         f"seeds) is up to {full_runs} runs x {full_epochs} epochs = {full_runs * full_epochs} "
@@ -254,33 +265,32 @@ def main() -> None:
             curve = find_lr(cfg, data).curve
             remember({"key": key, "sets": sets, "curve": vars(curve)})
         cache: dict[float, float] = {}
-        for smoothing in smoothings:
-            for rule in FINDER_RULES:
-                key = f"{rule}/{smoothing}"
-                f = suggest(curve, cfg.lr_finder.num_iter, rule, smoothing)
-                if f.status != "ok":
-                    my_rows.append(
-                        f"| {name} | {best_lr:.3g} ({100 * best:.2f}){edge} | {label(key)} | "
-                        f"{f.status} | - | - | - | no |"
-                    )
-                    print(my_rows[-1], flush=True)
-                    my_summary[key] = (math.inf, math.inf, False)
-                    continue
-                lr = f.recommended_lr
-                if lr not in cache:
-                    print(f"{name}: {key} at lr {lr:.3g}", flush=True)
-                    cache[lr] = statistics.mean(score(sets, lr, s) for s in range(args.seeds))
-                regret = 100 * (best - cache[lr])
-                low, high = f.recommended_range
-                inside = low <= best_lr <= high
-                ratio = lr / best_lr
+        for key in rules:
+            rule, smoothing = key.split("/")
+            f = suggest(curve, cfg.lr_finder.num_iter, rule, smoothing)
+            if f.status != "ok":
                 my_rows.append(
                     f"| {name} | {best_lr:.3g} ({100 * best:.2f}){edge} | {label(key)} | "
-                    f"{lr:.3g} | {times(ratio)} | {100 * cache[lr]:.2f} | {regret:+.2f} | "
-                    f"{'yes' if inside else 'no'} [{low:.3g}, {high:.3g}] |"
+                    f"{f.status} | - | - | - | no |"
                 )
-                my_summary[key] = (regret, max(ratio, 1 / ratio), inside)
                 print(my_rows[-1], flush=True)
+                my_summary[key] = (math.inf, math.inf, False)
+                continue
+            lr = f.recommended_lr
+            if lr not in cache:
+                print(f"{name}: {key} at lr {lr:.3g}", flush=True)
+                cache[lr] = statistics.mean(score(sets, lr, s) for s in range(args.seeds))
+            regret = 100 * (best - cache[lr])
+            low, high = f.recommended_range
+            inside = low <= best_lr <= high
+            ratio = lr / best_lr
+            my_rows.append(
+                f"| {name} | {best_lr:.3g} ({100 * best:.2f}){edge} | {label(key)} | "
+                f"{lr:.3g} | {times(ratio)} | {100 * cache[lr]:.2f} | {regret:+.2f} | "
+                f"{'yes' if inside else 'no'} [{low:.3g}, {high:.3g}] |"
+            )
+            my_summary[key] = (regret, max(ratio, 1 / ratio), inside)
+            print(my_rows[-1], flush=True)
         grids.append(grid_row)
         rows.extend(my_rows)
         for key, value in my_summary.items():
