@@ -7,7 +7,8 @@
 Six configurations on the `cpu` profile (real Fashion-MNIST): SGD, SGD with momentum 0.9 and AdamW,
 each on the profile's model (lin2013 at 28 px, width 0.5, BatchNorm) and on the same at
 model.width=0.25 (`--models` adds `nobn`, lin2013 without BatchNorm). For each:
-1. a log-spaced train.lr grid per optimizer (--grid-points, 8 over 3 decades by default, chosen to
+1. a log-spaced train.lr grid per optimizer (8 lrs over 3 decades, plain SGD 10 over 3.9;
+   --grid-points overrides), chosen to
    bracket the optimum; a grid-best at either end is flagged), --seeds seeds a point
    (train.seed = 0, 1, ...), each trained for the profile's train.epochs (--epochs overrides); the
    score is the final val_acc, a diverged run counts as chance;
@@ -49,10 +50,12 @@ from nin_search.lr_finder import Curve, find_lr, suggest
 from nin_search.train import fit, resolve_device
 
 PROFILE = "cpu"
-OPTIMIZERS = {  # name: (overrides, lr grid low, high); the grids bracket the optimum
-    "sgd": (["train.optimizer=sgd"], 3e-3, 3.0),
-    "sgd-m0.9": (["train.optimizer=sgd", "train.momentum=0.9"], 1e-3, 1.0),
-    "adamw": (["train.optimizer=adamw"], 1e-4, 1e-1),
+OPTIMIZERS = {  # name: (overrides, lr grid low, high, points); the grids bracket the optimum
+    # plain SGD: the 8-point grid 0.003-3 had its best at 3 (its edge) at width 0.25, so it goes
+    # two of its own steps (x2.68) further, to 21.6: the same eight lrs and two more
+    "sgd": (["train.optimizer=sgd"], 3e-3, 3.0 * (3.0 / 3e-3) ** (2 / 7), 10),
+    "sgd-m0.9": (["train.optimizer=sgd", "train.momentum=0.9"], 1e-3, 1.0, 8),
+    "adamw": (["train.optimizer=adamw"], 1e-4, 1e-1, 8),
 }
 MODELS = {
     "lin2013": [],  # the cpu profile's model
@@ -82,7 +85,7 @@ def configs(models: list[str]) -> dict[str, list[str]]:
     return {
         f"{opt}/{model}": osets + MODELS[model]
         for model in models
-        for opt, (osets, _, _) in OPTIMIZERS.items()
+        for opt, (osets, *_) in OPTIMIZERS.items()
     }
 
 
@@ -104,10 +107,23 @@ def load_cache(path: str) -> dict[str, dict]:
     if not path or not os.path.exists(path):
         return {}
     with open(path, encoding="utf-8") as f:
-        return {r["key"]: r for r in map(json.loads, filter(str.strip, f))}
+        records = [json.loads(line) for line in f if line.strip()]
+    out = {}
+    for r in records:  # re-keyed: older records hold the lr at full float precision
+        kind, profile, sets, lr, seed, version = json.loads(r["key"])
+        out[
+            json.dumps([kind, profile, sets, None if lr is None else lr_key(lr), seed, version])
+        ] = r
+    return out
+
+
+def lr_key(lr: float) -> float:
+    """An lr to 6 significant digits: the same grid point however its float was computed."""
+    return float(f"{lr:.6g}")
 
 
 def cache_key(kind: str, sets: list[str], lr: float | None = None, seed: int | None = None) -> str:
+    lr = None if lr is None else lr_key(lr)
     return json.dumps([kind, PROFILE, sorted(sets), lr, seed, torch.__version__])
 
 
@@ -140,11 +156,13 @@ def fitted_optimum(means: dict[float, float]) -> float:
     return 10 ** min(max(-b / (2 * a), x.min().item()), x.max().item())
 
 
-def grid(opt: str, points: int) -> list[float]:
-    _, lo, hi = OPTIMIZERS[opt]
+def grid(opt: str, points: int | None) -> list[float]:
+    """The optimizer's log-spaced lrs, rounded as cache keys are (--grid-points overrides)."""
+    _, lo, hi, default = OPTIMIZERS[opt]
+    points = points or default
     if points == 1:
         return [math.sqrt(lo * hi)]
-    return [lo * (hi / lo) ** (i / (points - 1)) for i in range(points)]
+    return [lr_key(lo * (hi / lo) ** (i / (points - 1))) for i in range(points)]
 
 
 def main() -> None:
@@ -152,7 +170,9 @@ def main() -> None:
     ap.add_argument("--configs", default="", help="comma-separated names, optimizers or models")
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS), help=", ".join(MODELS))
     ap.add_argument("--seeds", type=int, default=2, help="seeds per lr (train.seed 0..n-1)")
-    ap.add_argument("--grid-points", type=int, default=8, help="log-spaced lrs per optimizer")
+    ap.add_argument(
+        "--grid-points", type=int, default=None, help="log-spaced lrs per optimizer (8, sgd 10)"
+    )
     ap.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
     ap.add_argument(
         "--rules", default=",".join(RULES), help="rule/smoothing pairs to run, or 'all'"
@@ -193,10 +213,13 @@ def main() -> None:
 
     full_epochs = load_config(profile=PROFILE).train.epochs
     n_rules = len(RULES)
-    full_runs = len(configs(list(DEFAULT_MODELS))) * (8 + n_rules) * 2
-    runs = len(chosen) * (args.grid_points + len(rules)) * args.seeds
+    full_grid = sum(len(grid(opt, None)) for opt in OPTIMIZERS) * len(DEFAULT_MODELS)
+    full_runs = (full_grid + len(configs(list(DEFAULT_MODELS))) * n_rules) * 2
+    runs = (
+        sum(len(grid(n.split("/")[0], args.grid_points)) + len(rules) for n in chosen) * args.seeds
+    )
     print(
-        f"cost: the full run (6 configurations x (8 grid lrs + up to {n_rules} rule lrs) x 2 "
+        f"cost: the full run (6 configurations x (8-10 grid lrs + up to {n_rules} rule lrs) x 2 "
         f"seeds) is up to {full_runs} runs x {full_epochs} epochs = {full_runs * full_epochs} "
         f"epochs of {55_000:,} images, plus 6 range tests of {LRFinderConfig().num_iter} steps; "
         f"this run: up to {runs} runs x {epochs} epochs = {runs * epochs} epochs",
@@ -338,7 +361,7 @@ def main() -> None:
     took = time.perf_counter() - started
     print(
         f"\nprofile {PROFILE}, {epochs} epochs, {args.seeds} seed(s) per lr, "
-        f"{args.grid_points} grid lrs, extra sets {args.sets}; {took / 60:.1f} min; "
+        f"{args.grid_points or 'default'} grid lrs, extra sets {args.sets}; {took / 60:.1f} min; "
         f"valley/ema is fastai's valley, half-decade/zero-phase ours\n"
     )
     print(
