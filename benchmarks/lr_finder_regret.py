@@ -8,8 +8,8 @@ Six configurations on the `cpu` profile (real Fashion-MNIST): SGD, SGD with mome
 each on the profile's model (lin2013 at 28 px, width 0.5, BatchNorm) and on the same at
 model.width=0.25 (`--models` adds `nobn`, lin2013 without BatchNorm). For each:
 1. a log-spaced train.lr grid per optimizer (8 lrs over 3 decades, plain SGD 10 over 3.9;
-   --grid-points overrides), chosen to
-   bracket the optimum; a grid-best at either end is flagged), --seeds seeds a point
+   --grid-points overrides), chosen to bracket the optimum (a grid-best at either end is
+   flagged), --seeds seeds a point
    (train.seed = 0, 1, ...), each trained for the profile's train.epochs (--epochs overrides); the
    score is the final val_acc, a diverged run counts as chance;
 2. one range test (the profile's lr_finder settings, train.seed 0), read with ours
