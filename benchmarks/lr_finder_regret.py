@@ -13,15 +13,16 @@ model.width=0.25 (`--models` adds `nobn`, lin2013 without BatchNorm). For each:
    (train.seed = 0, 1, ...), each trained for the profile's train.epochs (--epochs overrides); the
    score is the final val_acc, a diverged run counts as chance;
 2. one range test (the profile's lr_finder settings, train.seed 0), read with ours
-   (`half-decade/zero-phase`, the default) and fastai's valley, steep and minimum on its causal
-   EMA (`valley/ema` is fastai's own valley; `--rules all` reads every lr_finder.rule on every
-   lr_finder.smoothing curve); then runs at each distinct suggested lr with the same seeds.
+   (`lowest/zero-phase`, `half-decade/zero-phase`) and fastai's valley, steep and minimum on its
+   causal EMA (`valley/ema` is fastai's own valley; `--rules all` reads every lr_finder.rule on
+   every lr_finder.smoothing curve); then runs at each distinct suggested lr with the same seeds.
 Per configuration and rule: the lr, its ratio to the grid-best lr, the regret (grid-best mean
 val_acc minus the rule's, in points) and whether the grid-best lr lies in the rule's recommended
-sweep range. Then per rule over all configurations, and the issue's targets checked for the default
-(LRFinderConfig's rule and smoothing): regret <= 1.0 point in >= 5 of 6, lr within 3x of the
-grid-best in >= 5 of 6, grid-best in the sweep range in 6 of 6. Set the default rule from this
-table. Prints markdown; imports only torch and nin_search's engine, so it runs on a bare GPU box.
+sweep range. Then per rule over all configurations, and the issue's targets checked for every
+rule run (the default is LRFinderConfig's rule and smoothing): regret <= 1.0 point in >= 5 of 6,
+lr within 3x of the grid-best in >= 5 of 6, grid-best in the sweep range in 6 of 6. Set the
+default rule from this table. Prints markdown; imports only torch and nin_search's engine, so it
+runs on a bare GPU box.
 
 Every finished run and range test is appended to --cache (a JSON-lines file, one record per run,
 keyed by its overrides, lr, seed and torch version) and reused by a later invocation, so the
@@ -68,10 +69,16 @@ DEFAULT_MODELS = ("lin2013", "w0.25")
 SMOOTHINGS = ("zero-phase", "ema")
 # the rules the issue compares: ours (the default) and fastai's three as fastai computes them, on
 # its causal EMA; `--rules all` adds every other rule/smoothing pair (twice the rule runs).
-RULES = ("half-decade/zero-phase", "valley/ema", "steep/ema", "minimum/ema")
+# ours: lowest and half-decade, both on the zero-phase curve.
+RULES = ("lowest/zero-phase", "half-decade/zero-phase", "valley/ema", "steep/ema", "minimum/ema")
 ALL_RULES = tuple(f"{r}/{s}" for s in SMOOTHINGS for r in FINDER_RULES)
 DEFAULT = f"{LRFinderConfig().rule}/{LRFinderConfig().smoothing}"
-NOTES = {"valley/ema": "fastai's valley", "half-decade/zero-phase": "ours", DEFAULT: "default"}
+NOTES = {
+    "valley/ema": "fastai's valley",
+    "half-decade/zero-phase": "ours",
+    "lowest/zero-phase": "ours",
+    DEFAULT: "default",
+}
 
 
 def label(key: str) -> str:
@@ -205,8 +212,6 @@ def main() -> None:
     rules = list(ALL_RULES) if args.rules == "all" else [r.strip() for r in args.rules.split(",")]
     if unknown := [r for r in rules if r not in ALL_RULES]:
         raise SystemExit(f"--rules: unknown {unknown}; known: {', '.join(ALL_RULES)}, all")
-    if DEFAULT not in rules:
-        rules.insert(0, DEFAULT)
     all_configs = configs(models)
     chosen = select(list(all_configs), args.configs)
     extra = args.sets + ([f"train.epochs={args.epochs}"] if args.epochs else [])
@@ -364,7 +369,7 @@ def main() -> None:
     print(
         f"\nprofile {PROFILE}, {epochs} epochs, {args.seeds} seed(s) per lr, "
         f"{args.grid_points or 'default'} grid lrs, extra sets {args.sets}; {took / 60:.1f} min; "
-        f"valley/ema is fastai's valley, half-decade/zero-phase ours\n"
+        f"valley/ema is fastai's valley, lowest/zero-phase and half-decade/zero-phase ours\n"
     )
     print(
         "| configuration | lr grid: mean val_acc (%) per train.lr | fitted optimum | "
@@ -390,18 +395,18 @@ def main() -> None:
         )
     if missing:
         print(f"\nnot yet measured ({len(missing)} of {len(chosen)}): " + "; ".join(missing))
-    if DEFAULT in summary:
-        vals, n = summary[DEFAULT], len(summary[DEFAULT])
+    if summary and missing:
+        print(f"\n(partial: {len(summary[next(iter(summary))])} of {len(chosen)} configurations)")
+    for key, vals in summary.items():
+        n = len(vals)
         need = math.ceil(5 * n / 6)  # 5 of 6 at the full size
         checks = (
             (f"regret <= 1.0 in >= {need}/{n}", sum(v[0] <= 1.0 for v in vals) >= need),
             (f"within 3x in >= {need}/{n}", sum(v[1] <= 3 for v in vals) >= need),
             (f"grid-best in range in {n}/{n}", all(v[2] for v in vals)),
         )
-        if missing:
-            print(f"\n(partial: {n} of {len(chosen)} configurations measured)")
         print(
-            f"\ntargets for the default ({DEFAULT}): "
+            f"targets for {label(key)}: "
             + "; ".join(f"{what} {'PASS' if ok else 'FAIL'}" for what, ok in checks)
         )
 

@@ -16,11 +16,15 @@ lr_finder.rule names the suggestion that becomes recommended_lr:
 - steep: the steepest drop of loss per log-lr;
 - minimum: the lr at the lowest loss / 10 (fastai's margin, much of it for the EMA's lag);
 - half-decade (ours): the lr at the lowest loss / 10**0.5 = 3.16: with no lag to correct for,
-  half of fastai's margin below the point where the loss turns up.
+  half of fastai's margin below the point where the loss turns up;
+- lowest: the lr at the lowest loss itself, Smith's (2018) largest usable peak for a cyclical or
+  one-cycle schedule (the cpu profile's onecycle takes train.lr as its peak).
 The default is half-decade: on the one configuration measured against an lr grid so far (the
 cpu profile, AdamW) it lands inside the grid's plateau where valley lands a decade or more below
 it; benchmarks/lr_finder_regret.py (six configurations) is to confirm or replace it. Sweep
-range: [recommended / 10, lr at the lowest point] (3x recommended if that is not above it). A
+range: [recommended / 10, lr at the lowest point] (3x recommended if that is not above it);
+under lowest [recommended / 30, 3x recommended]: the peak sits near the top of the stable lrs,
+and the plateau below it can reach a decade further down (AdamW at width 0.25). A
 loss that never falls gets one sentence on why and the --set overrides to try. Imports only
 torch.
 """
@@ -259,9 +263,11 @@ def suggest(
         "steep": (lrs[s], losses[s]),
         "minimum": (lrs[m] / 10, losses[m]),
         "half-decade": (lrs[m] / 10**0.5, losses[m]),
+        "lowest": (lrs[m], losses[m]),
     }
     best = points[rule][0]
     high = lrs[m] if lrs[m] > best else 3 * best
+    low = best / (30 if rule == "lowest" else 10)
     return Finding(
         curve,
         "ok",
@@ -270,7 +276,7 @@ def suggest(
         suggestions={k: lr for k, (lr, _) in points.items()},
         suggestion_points=points,
         recommended_lr=best,
-        recommended_range=(best / 10, high),
+        recommended_range=(low, high),
     )
 
 

@@ -93,8 +93,10 @@ def test_every_rule_can_be_the_recommendation(rule: str):
     c = curve([2.30, 2.30, 2.25, 2.10, 1.90, 1.60, 1.20, 0.90, 0.70, 0.80, 1.50, 3.0, 6.0])
     f = suggest(c, N, rule=rule, smoothing="ema")
     # lr_finder.rule picks which suggestion is recommended; the range starts a decade below it
+    # (lowest: a decade and a half)
     assert f.rule == rule and f.recommended_lr == f.suggestions[rule]
-    assert f.recommended_range[0] == pytest.approx(f.recommended_lr / 10)
+    below = 30 if rule == "lowest" else 10
+    assert f.recommended_range[0] == pytest.approx(f.recommended_lr / below)
     assert set(f.suggestions) == set(FINDER_RULES)
 
 
@@ -108,6 +110,19 @@ def test_half_decade_is_the_lowest_point_over_root_ten():
     # a curve still falling at its last kept point: that point is the lowest
     f = suggest(curve([2.3 - 0.15 * i for i in range(13)]), N, rule="half-decade", smoothing="ema")
     assert f.recommended_lr == pytest.approx(LRS[14] / 10**0.5)
+
+
+def test_lowest_is_the_lowest_point_with_a_range_around_it():
+    c = curve([2.30, 2.30, 2.25, 2.10, 1.90, 1.60, 1.20, 0.90, 0.70, 0.80, 1.50, 3.0, 6.0])
+    f = suggest(c, N, rule="lowest", smoothing="ema")
+    # the lowest loss 0.70 is at curve index 10: that lr itself, one-cycle's peak
+    assert f.recommended_lr == f.suggestions["lowest"] == LRS[10]
+    assert f.suggestions["lowest"] == pytest.approx(f.suggestions["half-decade"] * 10**0.5)
+    # the range: 1.5 decades below it to 3x above it (the range test's divergence lies above)
+    assert f.recommended_range == (pytest.approx(LRS[10] / 30), pytest.approx(3 * LRS[10]))
+    # on the zero-phase curve of the same raw losses the lowest point is where the raw one is
+    z = suggest(c, N, rule="lowest", smoothing="zero-phase")
+    assert z.recommended_lr == LRS[10]
 
 
 def _sigmoid_curve(noise: float = 0.0, seed: int = 0) -> tuple[Curve, float]:
