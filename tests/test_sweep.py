@@ -608,17 +608,22 @@ def test_bad_study_file_is_one_line_exit_2_and_writes_nothing(
     tmp_path: Path, data: Path, monkeypatch, capfd, what: str, change: dict, message: str
 ):
     write_study(tmp_path, "bad", data, **change)
-    monkeypatch.chdir(tmp_path)
+    assert message in sweep_refused(tmp_path, monkeypatch, capfd)
+
+
+def sweep_refused(folder: Path, monkeypatch, capfd) -> str:
+    """`sweep study.toml` in folder, no store named by the environment: exit code 2, one line
+    on stderr (returned: it names the file, the key and the value) and no mlruns/ (checked
+    before any store is touched, so no study and no run)."""
+    monkeypatch.chdir(folder)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("NIN_SEARCH_STORAGE", raising=False)
     code = cli.main(["sweep", "study.toml"])
-    out, err = capfd.readouterr()
-    # exit code 2, and one line naming the file, the key and the value
+    _, err = capfd.readouterr()
     assert code == 2
     assert len(err.strip().splitlines()) == 1, err
-    assert message in err
-    # checked before any store is touched: no mlruns/, so no study and no run
-    assert not (tmp_path / "mlruns").exists()
+    assert not (folder / "mlruns").exists()
+    return err
 
 
 def test_unreachable_storage_is_one_line_with_the_password_masked(
