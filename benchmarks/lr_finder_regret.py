@@ -19,10 +19,10 @@ model.width=0.25 (`--models` adds `nobn`, lin2013 without BatchNorm). For each:
 Per configuration and rule: the lr, its ratio to the grid-best lr, the regret (grid-best mean
 val_acc minus the rule's, in points) and whether the grid-best lr lies in the rule's recommended
 sweep range. Then per rule over all configurations, and the issue's targets checked for every
-rule run (the default is LRFinderConfig's rule and smoothing): regret <= 1.0 point in >= 5 of 6,
-lr within 3x of the grid-best in >= 5 of 6, grid-best in the sweep range in 6 of 6. Set the
-default rule from this table. Prints markdown; imports only torch and nin_search's engine, so it
-runs on a bare GPU box.
+rule run (the default: lr_finder.rule as it runs on the cpu profile, on its smoothing): regret
+<= 1.0 point in >= 5 of 6, lr within 3x of the grid-best in >= 5 of 6, grid-best in the sweep
+range in 6 of 6. Set the default rule from this table. Prints markdown; imports only torch and
+nin_search's engine, so it runs on a bare GPU box.
 
 Every finished run and range test is appended to --cache (a JSON-lines file, one record per run,
 keyed by its overrides, lr, seed and torch version) and reused by a later invocation, so the
@@ -45,7 +45,7 @@ import time
 
 import torch
 
-from nin_search.config import FINDER_RULES, LRFinderConfig, load_config
+from nin_search.config import FINDER_RULES, LRFinderConfig, finder_rule, load_config
 from nin_search.data import load_data
 from nin_search.lr_finder import Curve, find_lr, suggest
 from nin_search.train import fit, resolve_device
@@ -72,7 +72,8 @@ SMOOTHINGS = ("zero-phase", "ema")
 # ours: lowest and half-decade, both on the zero-phase curve.
 RULES = ("lowest/zero-phase", "half-decade/zero-phase", "valley/ema", "steep/ema", "minimum/ema")
 ALL_RULES = tuple(f"{r}/{s}" for s in SMOOTHINGS for r in FINDER_RULES)
-DEFAULT = f"{LRFinderConfig().rule}/{LRFinderConfig().smoothing}"
+# the default as it runs on the cpu profile (lr_finder.rule = auto: lowest under onecycle)
+DEFAULT = f"{finder_rule(load_config(profile=PROFILE))}/{LRFinderConfig().smoothing}"
 NOTES = {
     "valley/ema": "fastai's valley",
     "half-decade/zero-phase": "ours",

@@ -100,11 +100,11 @@ class LRFinderConfig:
     stop_factor: float = _f(4.0, lo=1.0, lo_open=True)  # stop once smoothed loss > 4x best
     use_val: bool = _f(False)  # Smith's variant: a fixed validation batch's loss at every step
     val_images: int = _f(512, lo=1)  # size of that validation batch
-    # the suggestion that becomes recommended_lr. half-decade: on the cpu profile's lr grid
-    # (AdamW; benchmarks/RESULTS.md) it gave 0.0099, inside the 0.005-0.04 plateau, where
-    # valley gave 2.1e-4 (zero-phase) and 5.2e-4 (fastai's EMA); lr_finder_regret.py, over six
-    # configurations, is to confirm or replace it
-    rule: str = _f("half-decade", choices=FINDER_RULES)
+    # the suggestion that becomes recommended_lr; auto (finder_rule): lowest under a onecycle
+    # schedule, where it had the smallest regret against an lr grid over the six
+    # configurations of benchmarks/lr_finder_regret.py (RESULTS.md; half-decade lost 1-3
+    # points with plain SGD there, fastai's valley up to 16), half-decade under the others
+    rule: str = _f("auto", choices=(*FINDER_RULES, "auto"))
     # the curve the rules read: zero-phase = forward-backward EMA of the raw loss (no lag);
     # ema = fastai's causal EMA, which lags ~49 steps (~4 decades at the defaults)
     smoothing: str = _f("zero-phase", choices=("zero-phase", "ema"))
@@ -140,6 +140,16 @@ PROFILES: dict[str, dict[str, Any]] = {
         "train.epochs": 5,  # under 6 minutes on 2 cores, val and test accuracy >= 0.90
     },
 }
+
+
+def finder_rule(cfg: Config) -> str:
+    """lr_finder.rule as it runs. auto: lowest under train.schedule = onecycle, which takes
+    train.lr as its peak after a warmup (measured: benchmarks/lr_finder_regret.py); half-decade
+    under the schedules that start at train.lr, for which Smith (2018) puts the rate below the
+    range test's extremum (not measured against a grid here)."""
+    if cfg.lr_finder.rule != "auto":
+        return cfg.lr_finder.rule
+    return "lowest" if cfg.train.schedule == "onecycle" else "half-decade"
 
 
 def fields_by_name() -> dict[str, dataclasses.Field]:

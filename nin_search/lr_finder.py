@@ -19,9 +19,10 @@ lr_finder.rule names the suggestion that becomes recommended_lr:
   half of fastai's margin below the point where the loss turns up;
 - lowest: the lr at the lowest loss itself, Smith's (2018) largest usable peak for a cyclical or
   one-cycle schedule (the cpu profile's onecycle takes train.lr as its peak).
-The default is half-decade: on the one configuration measured against an lr grid so far (the
-cpu profile, AdamW) it lands inside the grid's plateau where valley lands a decade or more below
-it; benchmarks/lr_finder_regret.py (six configurations) is to confirm or replace it. Sweep
+The default, auto (config.finder_rule), is lowest under a onecycle schedule: against an lr grid
+on six configurations of the cpu profile (benchmarks/lr_finder_regret.py, RESULTS.md) it lost
+the least val accuracy, though no rule met every target there; half-decade under the schedules
+that start at their peak (not measured against a grid). Sweep
 range: [recommended / 10, lr at the lowest point] (3x recommended if that is not above it);
 under lowest [recommended / 30, 3x recommended]: the peak sits near the top of the stable lrs,
 and the plateau below it can reach a decade further down (AdamW at width 0.25). A
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from nin_search.config import Config, LRFinderConfig
+from nin_search.config import Config, LRFinderConfig, finder_rule
 from nin_search.data import Data, batches
 from nin_search.model import build_model
 from nin_search.train import autocast, make_optimizer, resolve_precision, tqdm, train_step
@@ -64,7 +65,7 @@ class Finding:
     curve: Curve
     status: str  # "ok" | "no-descent" | "diverged-at-once"
     message: str
-    rule: str = "half-decade"  # lr_finder.rule: the suggestion that is recommended_lr
+    rule: str = "lowest"  # lr_finder.rule: the suggestion that is recommended_lr
     smoothing: str = "zero-phase"  # lr_finder.smoothing: the curve the rules read
     zero_phase: list[float] = field(default_factory=list)  # the zero-phase curve, per step
     suggestions: dict[str, float] = field(default_factory=dict)  # lr per rule
@@ -225,7 +226,7 @@ def _valley(losses: list[float]) -> tuple[int, int, int]:
 
 
 def suggest(
-    curve: Curve, num_iter: int, rule: str = "half-decade", smoothing: str = "zero-phase"
+    curve: Curve, num_iter: int, rule: str = "lowest", smoothing: str = "zero-phase"
 ) -> Finding:
     """Every rule's lr on the `smoothing` curve; `rule`'s becomes recommended, with a range."""
     zp = zero_phase(curve.losses, num_iter)
@@ -357,7 +358,7 @@ def find_lr(cfg: Config, data: Data, progress: bool = False) -> Finding:
         val = next(batches(data.val_x[:n], data.val_y[:n], n, data.cfg))
     curves = [_test(cfg, data, cfg.train.seed + i, val, progress) for i in range(c.repeats)]
     curve = curves[0] if c.repeats == 1 else median_curve(curves, c.beta)
-    finding = suggest(curve, c.num_iter, c.rule, c.smoothing)
+    finding = suggest(curve, c.num_iter, finder_rule(cfg), c.smoothing)
     if finding.status == "no-descent":
         finding.message += ": " + no_descent_advice(cfg, finding, data.num_classes)
     return finding

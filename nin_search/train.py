@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from nin_search.config import Config, ConfigError, TrainConfig
+from nin_search.config import Config, ConfigError, TrainConfig, finder_rule
 from nin_search.data import Data, batches, train_images
 from nin_search.model import build_model
 
@@ -96,10 +96,15 @@ def resolve_precision(name: str, device: torch.device) -> str:
 
 
 def resolved(cfg: Config, device: torch.device | None = None) -> Config:
-    """cfg with train.precision resolved for its device: what runs is what gets logged."""
+    """cfg with train.precision resolved for its device and lr_finder.rule for its schedule:
+    what runs is what gets logged."""
     device = device or resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
+    return dataclasses.replace(
+        cfg,
+        train=dataclasses.replace(cfg.train, precision=precision),
+        lr_finder=dataclasses.replace(cfg.lr_finder, rule=finder_rule(cfg)),
+    )
 
 
 def autocast(device: torch.device, precision: str):

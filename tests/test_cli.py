@@ -12,7 +12,7 @@ import mlflow
 import pytest
 import torch
 
-from nin_search.config import ConfigError
+from nin_search.config import FINDER_RULES, ConfigError
 from nin_search.train import resolve_precision
 
 TINY = """
@@ -266,7 +266,7 @@ def test_lr_finder_writes_json_html_and_an_mlflow_run(tiny: Path):
     assert report["rule"] == "half-decade" and report["smoothing"] == "zero-phase"
     assert report["status"] in ("ok", "no-descent", "diverged-at-once")
     if report["status"] == "ok":
-        assert set(report["suggestions"]) == {"valley", "steep", "minimum", "half-decade"}
+        assert set(report["suggestions"]) == set(FINDER_RULES)
         assert report["recommended_lr"] == report["suggestions"]["half-decade"]
         low, high = report["recommended_range"]
         assert low < report["recommended_lr"] < high

@@ -12,7 +12,7 @@ import torch
 from conftest import squares
 from torch import nn
 
-from nin_search.config import FINDER_RULES, LRFinderConfig, load_config
+from nin_search.config import FINDER_RULES, ConfigError, LRFinderConfig, finder_rule, load_config
 from nin_search.data import split_data
 from nin_search.lr_finder import (
     Curve,
@@ -26,7 +26,7 @@ from nin_search.lr_finder import (
     zero_phase,
 )
 from nin_search.model import build_model
-from nin_search.train import fit, make_optimizer
+from nin_search.train import fit, make_optimizer, resolved
 
 N = 20  # iterations of the synthetic curves: suggestions use points N // 10 = 2 to N - 5 = 14
 LRS = [10 ** (-4 + 5 * i / (N - 1)) for i in range(N)]
@@ -356,7 +356,7 @@ def test_state_is_restored_bit_for_bit(optimizer: str):
     assert torch.equal(gen.get_state(), before[3])
 
 
-# the default (half-decade on the zero-phase curve) and fastai's valley on its causal curve; valley
+# the default (lowest on the zero-phase curve) and fastai's valley on its causal curve; valley
 # on the zero-phase curve is not among them: on this smooth curve its decreasing run starts at the
 # plateau, and its 9.3e-4 leaves the loss at 2.05 after 4 epochs (one reason it is not the default)
 @pytest.mark.parametrize("sets_rule", [[], ["lr_finder.rule=valley", "lr_finder.smoothing=ema"]])
@@ -389,3 +389,16 @@ def test_recommended_lr_trains_and_30x_does_not(sets_rule: list[str]):
     assert good.history[-1]["train_loss"] < 0.7 * math.log(10)
     assert good.best_val_acc >= 0.5
     assert bad.status == "diverged" or bad.history[-1]["train_loss"] > 0.9 * math.log(10)
+
+
+def test_auto_rule_is_lowest_under_onecycle_and_half_decade_otherwise():
+    # lr_finder.rule = auto (the default) resolves by the schedule, and what runs is what is logged
+    assert LRFinderConfig().rule == "auto"
+    assert finder_rule(load_config(profile="cpu")) == "lowest"  # onecycle
+    assert finder_rule(load_config()) == "half-decade"  # d2l's constant lr
+    assert finder_rule(load_config(overrides=["train.schedule=cosine"])) == "half-decade"
+    # a rule the user names is kept whatever the schedule
+    assert finder_rule(load_config(profile="cpu", overrides=["lr_finder.rule=valley"])) == "valley"
+    assert resolved(load_config(profile="cpu")).lr_finder.rule == "lowest"
+    with pytest.raises(ConfigError, match="lr_finder.rule"):
+        load_config(overrides=["lr_finder.rule=median"])
