@@ -13,9 +13,10 @@ model.width=0.25 (`--models` adds `nobn`, lin2013 without BatchNorm). For each:
    (train.seed = 0, 1, ...), each trained for the profile's train.epochs (--epochs overrides); the
    score is the final val_acc, a diverged run counts as chance;
 2. one range test (the profile's lr_finder settings, train.seed 0), read with ours
-   (`lowest/zero-phase`, `half-decade/zero-phase`) and fastai's valley, steep and minimum on its
-   causal EMA (`valley/ema` is fastai's own valley; `--rules all` reads every lr_finder.rule on
-   every lr_finder.smoothing curve); then runs at each distinct suggested lr with the same seeds.
+   (`lowest/zero-phase`; `--rules` adds `half-decade/zero-phase`) and fastai's valley, steep and
+   minimum on its causal EMA (`valley/ema` is fastai's own valley; `--rules all` reads every
+   lr_finder.rule on every lr_finder.smoothing curve); then runs at each distinct suggested lr
+   with the same seeds.
 Per configuration and rule: the lr, its ratio to the grid-best lr, the regret (grid-best mean
 val_acc minus the rule's, in points) and whether the grid-best lr lies in the rule's recommended
 sweep range. Then per rule over all configurations, and the issue's targets checked for every
@@ -69,8 +70,9 @@ DEFAULT_MODELS = ("lin2013", "w0.25")
 SMOOTHINGS = ("zero-phase", "ema")
 # the rules the issue compares: ours (the default) and fastai's three as fastai computes them, on
 # its causal EMA; `--rules all` adds every other rule/smoothing pair (twice the rule runs).
-# ours: lowest and half-decade, both on the zero-phase curve.
-RULES = ("lowest/zero-phase", "half-decade/zero-phase", "valley/ema", "steep/ema", "minimum/ema")
+# ours: lowest (the default under onecycle) on the zero-phase curve; `--rules` adds
+# half-decade/zero-phase (the default before it) or any other pair.
+RULES = ("lowest/zero-phase", "valley/ema", "steep/ema", "minimum/ema")
 ALL_RULES = tuple(f"{r}/{s}" for s in SMOOTHINGS for r in FINDER_RULES)
 # the default as it runs on the cpu profile (lr_finder.rule = auto: lowest under onecycle)
 DEFAULT = f"{finder_rule(load_config(profile=PROFILE))}/{LRFinderConfig().smoothing}"
