@@ -101,7 +101,7 @@ class LRFinderConfig:
     use_val: bool = _f(False)  # Smith's variant: a fixed validation batch's loss at every step
     val_images: int = _f(512, lo=1)  # size of that validation batch
     # the suggestion that becomes recommended_lr; auto (finder_rule): lowest under a onecycle
-    # schedule, where it had the smallest regret against an lr grid over the six
+    # schedule, where it had the smallest worst regret against an lr grid over the six
     # configurations of benchmarks/lr_finder_regret.py (RESULTS.md; half-decade lost 1-3
     # points with plain SGD there, fastai's valley up to 16), half-decade under the others
     rule: str = _f("auto", choices=(*FINDER_RULES, "auto"))

@@ -21,7 +21,7 @@ lr_finder.rule names the suggestion that becomes recommended_lr:
   one-cycle schedule (the cpu profile's onecycle takes train.lr as its peak).
 The default, auto (config.finder_rule), is lowest under a onecycle schedule: against an lr grid
 on six configurations of the cpu profile (benchmarks/lr_finder_regret.py, RESULTS.md) it lost
-the least val accuracy, though no rule met every target there; half-decade under the schedules
+at most 0.96 points, though no rule met every target there; half-decade under the schedules
 that start at their peak (not measured against a grid). Sweep
 range: [recommended / 10, lr at the lowest point] (3x recommended if that is not above it);
 under lowest [recommended / 30, 3x recommended]: the peak sits near the top of the stable lrs,
