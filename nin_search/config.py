@@ -102,8 +102,8 @@ class LRFinderConfig:
     val_images: int = _f(512, lo=1)  # size of that validation batch
     # the suggestion that becomes recommended_lr; auto (finder_rule): lowest under a onecycle
     # schedule, where it had the smallest worst regret against an lr grid over the six
-    # configurations of benchmarks/lr_finder_regret.py (RESULTS.md; half-decade lost 1-3
-    # points with plain SGD there, fastai's valley up to 16), half-decade under the others
+    # configurations of benchmarks/lr_finder_regret.py (RESULTS.md; half-decade lost 1.17
+    # points with plain SGD at width 0.25, fastai's valley up to 16), half-decade under the others
     rule: str = _f("auto", choices=(*FINDER_RULES, "auto"))
     # the curve the rules read: zero-phase = forward-backward EMA of the raw loss (no lag);
     # ema = fastai's causal EMA, which lags ~49 steps (~4 decades at the defaults)
