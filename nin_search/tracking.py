@@ -254,6 +254,7 @@ def run_tags(cfg: Config, device: str) -> dict[str, str]:
     return {
         "nin.device": device,
         "nin.torch": torch.__version__,
+        "nin.torch_threads": str(torch.get_num_threads()),  # epoch times depend on it
         "nin.git_commit": git_commit(),
         "nin.config_hash": config_hash(cfg),
     }

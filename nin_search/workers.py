@@ -153,8 +153,18 @@ def worker_command(argv_tail: list[str], url: str) -> tuple[list[str], dict]:
     return cmd, dict(os.environ) | {"NIN_SEARCH_STORAGE": url}
 
 
+def cpu_threads(workers: int, environ: dict) -> dict:
+    """torch threads for each of K workers that train on the CPU: the cores this process may use,
+    split between them (at least 1 each), unless $OMP_NUM_THREADS is set already. Without it every
+    worker starts one thread per core and K workers fight over the same cores."""
+    if environ.get("OMP_NUM_THREADS"):
+        return {}
+    return {"OMP_NUM_THREADS": str(max(1, len(os.sched_getaffinity(0)) // workers))}
+
+
 def spawn(workers: int, argv_tail: list[str], url: str) -> int:
-    """K worker processes of this same command; each gets its own GPU when there are several.
+    """K worker processes of this same command; each gets its own GPU when there are several,
+    and its share of the cores when there is none (cpu_threads).
 
     Ctrl-C, SIGTERM and SIGHUP (the terminal or the ssh session closed) are passed on to every
     worker, which ends its running trial cleanly; this process waits for them, then stops."""
@@ -178,6 +188,8 @@ def spawn(workers: int, argv_tail: list[str], url: str) -> int:
             cmd, env = worker_command(argv_tail, url)
             if gpus > 1:
                 env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+            elif not gpus:
+                env |= cpu_threads(workers, env)
             # a session of their own: the terminal's Ctrl-C reaches them once, forwarded below
             procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
         try:
@@ -195,4 +207,12 @@ def spawn(workers: int, argv_tail: list[str], url: str) -> int:
     return max(codes, key=abs)
 
 
-__all__ = ["command_id", "this_run", "fail_stale", "work", "worker_command", "spawn"]
+__all__ = [
+    "command_id",
+    "this_run",
+    "fail_stale",
+    "work",
+    "worker_command",
+    "cpu_threads",
+    "spawn",
+]

@@ -360,6 +360,16 @@ def test_workers_get_the_storage_url_in_their_environment_not_their_argv():
     assert cmd[-2:] == ["1", "--worker"] and "study.toml" in cmd
 
 
+def test_cpu_workers_split_the_cores_unless_the_user_set_the_threads():
+    from nin_search.workers import cpu_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert cpu_threads(1, {}) == {"OMP_NUM_THREADS": str(cores)}
+    assert cpu_threads(2, {}) == {"OMP_NUM_THREADS": str(max(1, cores // 2))}
+    assert cpu_threads(4 * cores, {}) == {"OMP_NUM_THREADS": "1"}  # never 0
+    assert cpu_threads(2, {"OMP_NUM_THREADS": "3"}) == {}  # the user's choice stands
+
+
 @pytest.mark.parametrize(
     ("url", "shown"),
     [

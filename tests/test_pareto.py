@@ -5,6 +5,7 @@ untrained, and the study files Optuna cannot run (one line, exit 2, nothing writ
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import tomllib
@@ -193,8 +194,11 @@ def test_report_draws_the_front_and_accuracy_against_macs(pareto):
 def test_two_workers_finish_a_multi_objective_study_exactly(tmp_path: Path, data: Path, store):
     folder = with_mlflow_store(tmp_path, store)
     write_sized(folder, "duo", data, n_trials=3, params=SPACE, top=PARETO)
-    res = sweep_ok("study.toml", "--workers", "2", cwd=folder)
+    # OMP_NUM_THREADS unset (the helpers set it to 1): --workers splits the cores between them
+    res = sweep_ok("study.toml", "--workers", "2", cwd=folder, env={"OMP_NUM_THREADS": ""})
     study = optuna.load_study(study_name="duo", storage=sqlite_url(folder))
+    share = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    assert set(children(folder, "duo")["tags.nin.torch_threads"]) == {share}
     done = study.get_trials(states=(TrialState.COMPLETE,))
     # together they reach the target (each may finish the trial it had started when the other
     # reached it), and the parent prints the front of all their trials
