@@ -47,8 +47,9 @@ import time
 import torch
 
 from nin_search.config import FINDER_RULES, LRFinderConfig, finder_rule, load_config
+from nin_search.curve import Curve, suggest
 from nin_search.data import load_data
-from nin_search.lr_finder import Curve, find_lr, suggest
+from nin_search.lr_finder import find_lr
 from nin_search.train import fit, resolve_device
 
 PROFILE = "cpu"

@@ -38,7 +38,7 @@ def _f(
 
 PRESETS = ("d2l", "lin2013", "nin11", "nin16", "nin19")
 DATASETS = ("fashion-mnist", "mnist")
-FINDER_RULES = ("valley", "steep", "minimum", "half-decade", "lowest")  # lr_finder.suggest
+FINDER_RULES = ("valley", "steep", "minimum", "half-decade", "lowest")  # curve.suggest
 
 
 @dataclass

@@ -23,9 +23,10 @@ from mlflow.entities import Metric
 from nin_search.accounting import format_summary, summarize
 from nin_search.checkpoint import log_model, size_text
 from nin_search.config import Config, ConfigError, flatten, to_toml
+from nin_search.curve import Finding, suggest
 from nin_search.data import load_data
 from nin_search.evaluation import evaluate_split, log_evaluation
-from nin_search.lr_finder import Finding, find_lr, suggest
+from nin_search.lr_finder import find_lr
 from nin_search.plots import lr_finder_curve, training_curves
 from nin_search.tracking import (
     check_tracking,

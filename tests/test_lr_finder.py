@@ -13,18 +13,9 @@ from conftest import squares
 from torch import nn
 
 from nin_search.config import FINDER_RULES, ConfigError, LRFinderConfig, finder_rule, load_config
+from nin_search.curve import Curve, ema, median_curve, no_descent_advice, suggest, zero_phase
 from nin_search.data import split_data
-from nin_search.lr_finder import (
-    Curve,
-    ema,
-    find_lr,
-    median_curve,
-    no_descent_advice,
-    range_test,
-    schedule,
-    suggest,
-    zero_phase,
-)
+from nin_search.lr_finder import find_lr, range_test, schedule
 from nin_search.model import build_model
 from nin_search.train import fit, make_optimizer, resolved
 
