@@ -176,7 +176,7 @@ def tuning_study(study: Study, arm: str, spec: dict) -> Study:
 def _search(
     study: Study, arm: str, spec: dict, url: str, exp_id: str, parent: str, cache: DataCache
 ) -> dict:
-    from nin_search.sweep import finished, open_study
+    from nin_search.optuna_study import finished, open_study
     from nin_search.trial import make_objective
     from nin_search.workers import work
 

@@ -67,7 +67,7 @@ def fail_stale(ostudy: optuna.Study) -> None:
 def _next(study: Study, ostudy: optuna.Study, target: int) -> str:
     """'run' a trial, 'wait' for the running ones, or 'done'; asked under the store's lock."""
     from nin_search.ablation import free_cells
-    from nin_search.sweep import finished
+    from nin_search.optuna_study import finished
 
     trials = ostudy.get_trials(deepcopy=False)
     done = finished(study, ostudy)
