@@ -383,6 +383,20 @@ def test_shipped_ablation_files_load():
     assert len(load_ablation("studies/ablate_precision.toml").seeds) == 5
 
 
+def test_pareto_check_reruns_the_front_trial_it_names_on_three_seeds():
+    import csv
+
+    study = load_ablation("studies/pareto_check_cpu.toml")
+    assert study.seeds == [0, 1, 2] and study.baseline == "reference" and study.profile == "cpu"
+    with open("benchmarks/results/pareto_cpu/pareto_front.csv") as f:
+        row = next(r for r in csv.DictReader(f) if r["trial"] == "14")
+    arm = study.arms["w0375-fc"]
+    for key in ("model.width", "model.mlp_depth", "model.head", "model.reduction"):
+        assert str(arm[key]) == row[key].removesuffix(".0") or float(arm[key]) == float(row[key])
+    assert abs(arm["train.lr"] / float(row["train.lr"]) - 1) < 0.01  # rounded to 3 digits
+    assert study.arms["reference"] == {"train.lr": 0.02}  # the profile's NiN as it is
+
+
 def test_killed_ablation_worker_cell_is_retried_under_its_own_arm(tmp_path, data):
     # long enough cells that the kill lands in one
     text = ablation_text("kill", data, seeds="[0]").replace("epochs = 2", "epochs = 40")
