@@ -28,6 +28,7 @@ from nin_search.data import load_data
 from nin_search.evaluation import evaluate_split, log_evaluation
 from nin_search.lr_finder import find_lr
 from nin_search.plots import lr_finder_curve, training_curves
+from nin_search.storage import StoreLock
 from nin_search.tracking import (
     check_tracking,
     experiment_id,
@@ -52,6 +53,15 @@ def epoch_line(m: dict, epochs: int) -> str:
     return line + (f"  peak {m['peak_mem_mib']:,.0f} MiB" if "peak_mem_mib" in m else "")
 
 
+def open_experiment(name: str) -> tuple[str, str]:
+    """The tracking URI and the experiment's id. On a fresh SQLite store one process at a time
+    creates MLflow's tables: two migrating at once fail ('duplicate column name'), as two
+    `train` commands started together once did. sweep and ablate take the same lock."""
+    uri = setup_tracking()
+    with StoreLock(uri if uri.startswith("sqlite") else None):
+        return uri, experiment_id(name)
+
+
 def train_run(
     cfg: Config, experiment: str = "nin-train", final_eval: bool = False, profile_note: str = ""
 ) -> int:
@@ -61,8 +71,7 @@ def train_run(
     summary = summarize(cfg)  # validates the input size before any data is read
     check_tracking(experiment)  # the store, then the data: a mistake in either writes nothing
     data = load_data(cfg.data, device, with_test=final_eval)
-    uri = setup_tracking()
-    exp_id = experiment_id(experiment)
+    uri, exp_id = open_experiment(experiment)
     if profile_note:
         print(profile_note)
     print(
@@ -196,8 +205,7 @@ def lr_finder_run(
     _check_out(folder)  # before MLflow or the data are touched
     check_tracking(experiment)  # the store, then the data: a mistake in either writes nothing
     data = load_data(cfg.data, device, with_test=False)
-    uri = setup_tracking()
-    exp_id = experiment_id(experiment)
+    uri, exp_id = open_experiment(experiment)
     if profile_note:
         say(profile_note)
     say(

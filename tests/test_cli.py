@@ -121,6 +121,37 @@ def test_auto_profile_says_which_profile_it_picked(tiny: Path):
     assert "epoch   1/1" in res.stdout
 
 
+def test_two_commands_started_together_on_a_fresh_store_both_finish(tiny: Path):
+    # both would create MLflow's tables at once without the store's lock: one died with
+    # 'duplicate column name: step' (stop 20, two `train` runs started together)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env |= {"NIN_SEARCH_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    common = ["--config", "tiny.toml", "--set", f"data.data_dir={tiny / 'idx'}"]
+    commands = [
+        ["train", *common, "--set", "train.epochs=1"],
+        ["train", *common, "--set", "train.epochs=1", "--set", "train.seed=1"],
+        ["lr-finder", *common, "--set", "lr_finder.num_iter=10", "--out", "finder"],
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "nin_search", *c],
+            cwd=tiny,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for c in commands
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    mlflow.set_tracking_uri(f"sqlite:///{tiny / 'mlruns' / 'mlflow.db'}")
+    # two train runs and one finder run, each finished, in one store
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert sorted(runs["tags.nin.command"]) == ["lr-finder", "train", "train"]
+    assert set(runs["status"]) == {"FINISHED"}
+
+
 def test_diverging_run_exits_1_and_ends_failed(tiny: Path):
     res = cli(
         "train",
