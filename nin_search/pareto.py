@@ -279,9 +279,9 @@ def reference(spec: dict) -> tuple[int | None, dict, str]:
     return macs, ref, label
 
 
-def pareto_report(ostudy, spec: dict, out: Path) -> tuple[list[str], dict, dict[str, str]]:
+def pareto_report(ostudy, spec: dict, out: Path) -> tuple[list[str], dict, dict[str, str], str]:
     """pareto_front.csv, best_config_<trial>.toml per Pareto trial and the front's plots:
-    (notes, figures, tables) for report.py to write."""
+    (notes, figures, tables) for report.py to write, and the front as a terminal table."""
     from optuna import visualization as vis
     from optuna.trial import TrialState
 
@@ -305,6 +305,7 @@ def pareto_report(ostudy, spec: dict, out: Path) -> tuple[list[str], dict, dict[
             f"#   python -m nin_search train --config best_config_{n}.toml\n" + to_toml(cfg)
         )
     notes = [f"Pareto front of {', '.join(names)}: {len(frame)} trials (pareto_front.csv)"]
+    notes += budget_notes(ostudy, spec)  # [constraints] with several objectives too
     if "base" not in spec:
         notes.append("no best_config_*.toml: the study holds no settings; run `sweep` on it once")
     figures = {}
@@ -329,7 +330,8 @@ def pareto_report(ostudy, spec: dict, out: Path) -> tuple[list[str], dict, dict[
             figures[name] = make(ostudy, target=lambda t: t.values[acc], target_name=names[acc])
         except (ValueError, RuntimeError, ZeroDivisionError) as e:
             notes.append(f"{name}: not drawn ({str(e).splitlines()[0][:200]})")
-    return notes, figures, {"Pareto front": frame.to_html(index=False)}
+    text = _table(frame) if len(frame) else ""
+    return notes, figures, {"Pareto front": frame.to_html(index=False)}, text
 
 
 def budget_notes(ostudy, spec: dict) -> list[str]:

@@ -88,7 +88,7 @@ def ablation_markdown(
         f"- metric: {spec['objective']} on the validation split, {finished} of {cells} cells"
         f" finished, seeds {spec['seeds']}",
         f"- baseline: {spec['baseline']}; delta = arm - baseline, paired by seed",
-        f"- test: {stats.TEST}",
+        f"- statistics: {stats.TEST}",
     ]
     if "p_holm" in table:
         lines.append(f"- {stats.HOLM} (Holm 1979; {len(table) - 1} comparisons)")
@@ -96,7 +96,8 @@ def ablation_markdown(
         lines.append(f"- {stats.WILCOXON}, where >= {stats.WILCOXON_MIN} pairs")
     if "test_mean" in table:
         lines.append(
-            "- test_*: accuracy on the test set (--final-eval), with the same paired statistics; "
+            "- test_*: accuracy on the test set (--final-eval), with the same paired statistics "
+            "(test_p_value: the paired t-test; test_p_wilcoxon and test_p_holm as above); "
             "only reported, never used for tuning or choosing"
         )
     lines += [f"- {n}" for n in lr_notes or []]
@@ -192,10 +193,10 @@ def sweep_report(ostudy: optuna.Study, out: Path) -> tuple[str, dict]:
     if len(ostudy.directions) > 1:  # a Pareto front, not a best trial (pareto.py)
         from nin_search.pareto import pareto_report
 
-        notes, figures, tables = pareto_report(ostudy, spec, out)
+        notes, figures, tables, text = pareto_report(ostudy, spec, out)
         tables |= kept_models(ostudy, out, None)
         _write(out, figures, tables, f"Sweep {ostudy.study_name}", notes)
-        return "\n".join(notes), figures
+        return "\n".join([*notes, text] if text else notes), figures  # the table on the terminal
     figures, notes = {}, []
     makers = {
         "optimization_history": vis.plot_optimization_history,

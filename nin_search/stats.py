@@ -24,7 +24,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-TEST = "paired t-test (scipy.stats.ttest_rel), two-sided; 95% CIs from Student's t"
+TEST = (
+    "p_value, delta_ci_low/high: paired t-test (scipy.stats.ttest_rel), two-sided; "
+    "ci_low/high and the delta CI: 95% from Student's t"
+)
 HOLM = "p_holm: the t-test's p Holm-corrected over the arms compared with the baseline"
 WILCOXON = "p_wilcoxon: Wilcoxon signed-rank test (scipy.stats.wilcoxon), two-sided"
 WILCOXON_MIN = 6  # pairs; below that its smallest possible two-sided p is 0.0625 or more
@@ -147,7 +150,9 @@ def compare(
         row["missing"] = int((everyone["state"] == "missing").sum())
         curves = mine["val_acc"] if "val_acc" in mine else []
         row["last_gain"] = _mean(last_gain(c) for c in curves)
-        row["converged"] = bool(row["last_gain"] < CONVERGED_GAIN) if row["n"] else None
+        # None when it cannot be told: no seed finished, or curves of one epoch
+        known = row["n"] and not math.isnan(row["last_gain"])
+        row["converged"] = bool(row["last_gain"] < CONVERGED_GAIN) if known else None
         rows.append(row)
     table = pd.DataFrame(rows)
     others = table["arm"] != baseline

@@ -74,7 +74,8 @@ def pareto(tmp_path_factory, data: Path, store: Path) -> SimpleNamespace:
 
 
 def cli_report(folder: Path, name: str = "pareto") -> Path:
-    """`python -m nin_search report study.toml --out out` in folder; its report folder."""
+    """`python -m nin_search report study.toml --out out` in folder; its report folder (what the
+    command printed is in its stdout.txt)."""
     res = subprocess.run(
         [sys.executable, "-m", "nin_search", "report", "study.toml", "--out", "out"],
         cwd=folder,
@@ -85,7 +86,13 @@ def cli_report(folder: Path, name: str = "pareto") -> Path:
     )
     # the report command succeeded
     assert res.returncode == 0, res.stderr
+    (folder / "out" / name / "stdout.txt").write_text(res.stdout)
     return folder / "out" / name
+
+
+def front_rows(out: str, n: int) -> list[list[str]]:
+    """The table printed under 'Pareto front of ...': its header and n rows, split."""
+    return [row.split() for row in out.split("Pareto front of")[1].splitlines()[1 : 2 + n]]
 
 
 def test_two_objectives_give_a_study_with_two_directions(pareto):
@@ -131,10 +138,23 @@ def test_summary_prints_the_pareto_front_of_study_best_trials(pareto):
     front = sorted(t.number for t in pareto.study.best_trials)
     out = pareto.second.stdout
     assert f"Pareto front of best_val_acc (max), macs (min): {len(front)} trials" in out
-    table = out.split("Pareto front of")[1].splitlines()[1 : 2 + len(front)]
-    # a header, then one row per Pareto trial, its number first
-    assert table[0].split()[:3] == ["trial", "best_val_acc", "macs"]
-    assert sorted(int(row.split()[0]) for row in table[1:]) == front
+    table = front_rows(out, len(front))
+    # a header with the sizes and the sampled values, then one row per Pareto trial
+    assert table[0] == ["trial", "best_val_acc", "macs", "params", "model.width", "train.lr"]
+    assert sorted(int(row[0]) for row in table[1:]) == front
+
+
+def test_report_prints_the_pareto_front_as_a_table(pareto):
+    best = {t.number: t for t in pareto.study.best_trials}
+    out = (pareto.report / "stdout.txt").read_text()
+    table = front_rows(out, len(best))
+    assert table[0] == ["trial", "best_val_acc", "macs", "params", "model.width", "train.lr"]
+    # one row per Pareto trial: its accuracy, MACs and params as the study holds them
+    for row in table[1:]:
+        t = best[int(row[0])]
+        assert float(row[1]) == pytest.approx(t.values[0], abs=1e-4)
+        assert row[2] == f"{t.values[1]:,.0f}" and row[3] == f"{t.user_attrs['params']:,}"
+    assert sorted(int(row[0]) for row in table[1:]) == sorted(best)
 
 
 def test_child_runs_log_every_objective(pareto):
@@ -277,6 +297,69 @@ def test_tpe_learns_to_avoid_the_over_budget_config(budget):
     assert over <= 1, [(t.number, t.params) for t in budget.study.trials]
 
 
+def test_diverged_multi_objective_trial_stops_at_once_and_its_run_fails(
+    tmp_path: Path, data: Path, store: Path
+):
+    folder = with_mlflow_store(tmp_path, store)
+    write_sized(
+        folder,
+        "mdiverge",
+        data,
+        n_trials=1,
+        params={"train.lr": "{ low = 50.0, high = 100.0 }"},
+        settings={"train.optimizer": "sgd", "model.width": 0.125},
+        top=PARETO,
+    )
+    sweep_ok("study.toml", cwd=folder)
+    (trial,) = optuna.load_study(study_name="mdiverge", storage=sqlite_url(folder)).trials
+    # no pruner, yet a non-finite loss ends the trial in its first epoch, with the reason
+    assert trial.state == TrialState.PRUNED
+    assert trial.user_attrs["pruned_epoch"] == 1
+    assert "non-finite at epoch 1" in trial.user_attrs["reason"]
+    run = children(folder, "mdiverge").iloc[0]
+    assert (run["tags.nin.state"], run["status"]) == ("diverged", "FAILED")
+
+
+@pytest.fixture(scope="module")
+def budget_front(tmp_path_factory, data: Path, store: Path) -> SimpleNamespace:
+    """A two-objective study with a MACs budget, then `report`."""
+    folder = with_mlflow_store(tmp_path_factory.mktemp("budget_front"), store)
+    write_sized(
+        folder,
+        "bfront",
+        data,
+        n_trials=3,
+        params=SPACE,
+        top=PARETO + '\n[constraints]\n"macs" = { max = 5e6 }',  # width 0.5 is over
+        sampler='type = "tpe"\nseed = 0\nn_startup_trials = 2',
+    )
+    res = sweep_ok("study.toml", cwd=folder)
+    report = cli_report(folder, "bfront")
+    study = optuna.load_study(study_name="bfront", storage=sqlite_url(folder))
+    return SimpleNamespace(folder=folder, res=res, study=study, report=report)
+
+
+def test_budget_with_two_objectives_keeps_the_front_feasible(budget_front):
+    over = [t for t in budget_front.study.trials if "over_budget" in t.user_attrs]
+    trained = [t for t in budget_front.study.trials if t.state == TrialState.COMPLETE]
+    # the seeded sampler drew width 0.5 at least once; it never trained
+    assert over and all(t.state == TrialState.PRUNED for t in over)
+    assert len(trained) == 3 and all(t.user_attrs["macs"] <= 5e6 for t in trained)
+    # the front holds feasible trials only, and the report's CSV lists exactly those
+    front = sorted(t.number for t in budget_front.study.best_trials)
+    assert set(front) <= {t.number for t in trained}
+    assert sorted(pd.read_csv(budget_front.report / "pareto_front.csv")["trial"]) == front
+
+
+def test_budget_with_two_objectives_is_counted_in_summary_and_report(budget_front):
+    n = len(budget_front.study.trials)
+    over = sum("over_budget" in t.user_attrs for t in budget_front.study.trials)
+    line = f"{over} of {n} samples over budget"
+    assert line in budget_front.res.stdout
+    assert line in (budget_front.report / "stdout.txt").read_text()
+    assert line in (budget_front.report / "index.html").read_text()
+
+
 # --- what Optuna cannot run: one line, exit 2, nothing written ------------------------------
 
 BAD = [
@@ -285,7 +368,8 @@ BAD = [
         {"top": PARETO, "pruner": 'type = "median"'},
         "study.toml: [pruner] type = 'median' is not allowed with objective = "
         "['best_val_acc', 'macs']: Optuna cannot prune a multi-objective study; use "
-        'type = "none"',
+        'type = "none" (a diverged trial still stops at once), or one objective with '
+        "[constraints]",
     ),
     (
         "unknown objective",

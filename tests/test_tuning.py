@@ -22,6 +22,7 @@ from test_ablation import ablation_text, nin, nin_ok
 from test_sweep import _env, runs, trials
 
 from nin_search import stats
+from nin_search.report import ablation_markdown
 from nin_search.tuning import records
 
 # --- statistics on fixed numbers ------------------------------------------------------------
@@ -85,6 +86,55 @@ def test_last_gain_and_converged_on_fixed_curves():
     assert t.loc["rising", "converged"] == False  # noqa: E712
     assert t.loc["rising", "lr"] == 0.02
     assert "p_holm" not in t.columns  # two arms: one comparison, nothing to correct
+
+
+def test_converged_is_unknown_without_two_epochs():
+    def cell(arm, seed, curve):
+        return {"arm": arm, "seed": seed, "state": "complete", "value": curve[-1],
+                "test_acc": None, "params": 1, "macs": 1, "img_per_s": 1.0,
+                "epoch_time_s": 1.0, "peak_mem_mib": None, "val_acc": curve}  # fmt: skip
+
+    cells = pd.DataFrame([cell(a, s, [0.8 + s / 100]) for a in ("x", "y") for s in range(3)])
+    t = stats.compare(cells, "x")
+    # one epoch: no last gain, and neither converged nor not converged
+    assert t["last_gain"].isna().all() and list(t["converged"]) == [None, None]
+    spec = {"objective": "best_val_acc", "baseline": "x", "arms": {"x": {}, "y": {}},
+            "seeds": [0, 1, 2]}  # fmt: skip
+    md = ablation_markdown("one-epoch", spec, t)
+    assert "did not converge" not in md
+
+
+def three_arm_summary(has_test: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Six seeds of three arms (the baseline and two others); b still rising at the end."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in range(6):
+        for arm, shift in (("base", 0.0), ("a", 0.01), ("b", 0.003)):
+            v = 0.85 + shift + rng.normal(0, 0.004)
+            rows.append({"arm": arm, "seed": seed, "state": "complete", "value": v,
+                         "test_acc": v - 0.01 + rng.normal(0, 0.002) if has_test else None,
+                         "params": 1, "macs": 1, "img_per_s": 1.0, "epoch_time_s": 1.0,
+                         "peak_mem_mib": None,
+                         "val_acc": [v - (0.05 if arm == "b" else 0.002), v]})  # fmt: skip
+    cells = pd.DataFrame(rows)
+    return cells, stats.compare(cells, "base")
+
+
+def test_summary_notes_name_each_test_and_the_arm_that_did_not_converge():
+    _, t = three_arm_summary()
+    spec = {"objective": "best_val_acc", "baseline": "base", "arms": dict.fromkeys("base a b"),
+            "seeds": list(range(6))}  # fmt: skip
+    md = ablation_markdown("three", spec, t)
+    # which test each p column is, and the correction's name with the number of comparisons
+    assert "- statistics: p_value, delta_ci_low/high: paired t-test (scipy.stats.ttest_rel)" in md
+    assert "- p_holm: the t-test's p Holm-corrected" in md and "(Holm 1979; 2 comparisons)" in md
+    assert "- p_wilcoxon: Wilcoxon signed-rank test (scipy.stats.wilcoxon)" in md
+    assert "test_p_value: the paired t-test" in md
+    # b gained 5 points in its last epoch: one sentence says its verdict may reflect speed
+    assert [line for line in md.splitlines() if "did not converge" in line] == [
+        "- b did not converge (it still gained 5.00 points at the end): its verdict may "
+        "reflect training speed"
+    ]
 
 
 def test_three_arms_get_holm_and_test_set_statistics():
