@@ -15,7 +15,9 @@ objective; every seed then trains at the best trial's lr.
 Each tuning run (the finder's, or each search trial) is an MLflow run under the ablation's
 parent, tagged nin.role = "tuning" and nin.arm, never a cell. What was chosen is kept on the
 Optuna study (user attr "nin_arm_lr:<arm>"), so a finished tuning step never reruns; a killed
-one (nothing kept) does, and a killed search trial is failed by its heartbeat and retried.
+one (nothing kept) does, and a killed search trial is failed by its heartbeat and retried. One
+arm's range test runs on one machine at a time (the store's lock): its run, when a killed command
+left it RUNNING, is failed by the next. The first choice kept for an arm stands.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from optuna.trial import TrialState
 
 from nin_search.config import apply, flatten
 from nin_search.space import Param
+from nin_search.storage import StoreLock
 from nin_search.study import OBJECTIVES, Study, with_params
 from nin_search.tracking import run_tags
 from nin_search.train import resolve_device, resolved
-from nin_search.trial import DataCache, check_ctrl_c, deferred_ctrl_c
+from nin_search.trial import DataCache, _training, check_ctrl_c, deferred_ctrl_c
 
 KEY = "nin_arm_lr:"  # + arm: {"lr": float | None, "how": str, "message": str, "runs": [...]}
 
@@ -99,27 +102,59 @@ def tune_arms(study: Study, ostudy: optuna.Study, url: str, exp_id: str, parent:
     if not spec:
         return
     cache = DataCache()
+
+    def kept() -> dict:
+        return optuna.load_study(study_name=study.name, storage=ostudy._storage).user_attrs
+
     for arm in study.arms:
         key = KEY + arm
         if key in ostudy.user_attrs:
             continue
         if spec["per_arm"] == "lr-finder":
-            rec = _finder(study, arm, exp_id, parent, cache)
+            # one range test per arm at a time, on any machine: another command waits for it
+            # and then uses its choice; a finder run left RUNNING by a killed one is failed
+            with StoreLock(url, key=f"{study.name} [tune {arm}]"):
+                if key in kept():
+                    continue
+                fail_killed_finders(study.name, arm, exp_id)
+                rec = _finder(study, arm, exp_id, parent, cache)
+                ostudy.set_user_attr(key, rec)
         else:
             rec = _search(study, arm, spec, url, exp_id, parent, cache)
-        # another process may have tuned it meanwhile: the first kept choice stands
-        latest = optuna.load_study(study_name=study.name, storage=ostudy._storage).user_attrs
-        if key not in latest:
-            ostudy.set_user_attr(key, rec)
-        lr = latest.get(key, rec)["lr"]
-        client = mlflow.MlflowClient()
-        client.log_param(parent, f"arms.{arm}.train.lr", "none" if lr is None else lr)
-        client.set_tag(parent, f"nin.lr_how.{arm}", latest.get(key, rec)["how"][:5000])
-        shown = f"{lr:.3g}" if lr is not None else f"none: {rec['message']}"
-        print(f"arm {arm}: train.lr {shown} ({latest.get(key, rec)['how']})", flush=True)
-    apply_records(
-        study, optuna.load_study(study_name=study.name, storage=ostudy._storage).user_attrs
-    )
+            with StoreLock(url, key=study.name):  # the first kept choice stands
+                if key not in kept():
+                    ostudy.set_user_attr(key, rec)
+        rec = kept()[key]
+        shown = f"{rec['lr']:.3g}" if rec["lr"] is not None else f"none: {rec['message']}"
+        print(f"arm {arm}: train.lr {shown} ({rec['how']})", flush=True)
+    attrs = kept()
+    log_choices(attrs, parent)  # also those kept by a command killed before it logged them
+    apply_records(study, attrs)
+
+
+def log_choices(attrs: dict, parent: str) -> None:
+    """Each kept choice on the parent run (param arms.<arm>.train.lr, tag nin.lr_how.<arm>),
+    where it is not there yet."""
+    client = mlflow.MlflowClient()
+    have = client.get_run(parent).data.params
+    for arm, rec in records(attrs).items():
+        if f"arms.{arm}.train.lr" not in have:
+            lr = rec["lr"]
+            client.log_param(parent, f"arms.{arm}.train.lr", "none" if lr is None else lr)
+            client.set_tag(parent, f"nin.lr_how.{arm}", rec["how"][:5000])
+
+
+def fail_killed_finders(name: str, arm: str, exp_id: str) -> None:
+    """The arm's finder runs still RUNNING: left by a killed command (under the arm's lock, no
+    live one can be running), so they end FAILED instead of staying RUNNING for ever."""
+    client = mlflow.MlflowClient()
+    for run in client.search_runs(  # names may hold quotes: matched here, not in the filter
+        [exp_id],
+        "tags.`nin.role` = 'tuning' AND tags.`nin.command` = 'lr-finder' AND "
+        "attributes.status = 'RUNNING'",
+    ):
+        if run.data.tags.get("nin.arm") == arm and run.data.tags.get("nin.study") == name:
+            client.set_terminated(run.info.run_id, "FAILED")
 
 
 def _finder(study: Study, arm: str, exp_id: str, parent: str, cache: DataCache) -> dict:
@@ -145,7 +180,12 @@ def _finder(study: Study, arm: str, exp_id: str, parent: str, cache: DataCache) 
         mlflow.start_run(experiment_id=exp_id, run_name=f"{arm} lr-finder", tags=tags) as run,
     ):
         mlflow.log_params(flatten(cfg))
-        finding = find_lr(cfg, cache.get(cfg))
+        try:
+            _training.set()  # a Ctrl-C stops the range test at once, not after every repeat
+            check_ctrl_c()
+            finding = find_lr(cfg, cache.get(cfg))
+        finally:
+            _training.clear()
         check_ctrl_c()
         mlflow.log_dict(finding.to_json(), "lr_finder.json")
         mlflow.log_figure(lr_finder_curve(finding, f"LR range test: arm {arm}"), "lr_finder.html")

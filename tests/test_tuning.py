@@ -236,6 +236,43 @@ def test_no_recommendation_means_the_arm_is_not_run(tmp_path, data):
     assert "adam: not run" in md and "nothing to do" in res.stdout
 
 
+def test_finder_killed_mid_test_reruns_and_leaves_no_run_running(tmp_path, data):
+    slow = FINDER.replace("num_iter = 40", "num_iter = 150")  # long enough to be killed in
+    (tmp_path / "abl.toml").write_text(per_arm_text("kfind", data, slow, seeds="[0]"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nin_search", "ablate", "abl.toml"],
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    for line in proc.stdout:  # the first arm's range test is about to begin
+        if "arm sgd: lr-finder (" in line:
+            break
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # kill it once its MLflow run exists, mid-test
+        df = runs(tmp_path, "kfind")
+        if len(df) and len(tuning_runs(df)):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    left = tuning_runs(runs(tmp_path, "kfind"))
+    # the killed command left its finder run RUNNING, and kept no choice
+    assert list(left["status"]) == ["RUNNING"] and list(left["tags.nin.arm"]) == ["sgd"]
+    url = f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}"
+    assert records(optuna.load_study(study_name="kfind", storage=url).user_attrs) == {}
+    res = nin_ok("ablate", "abl.toml", cwd=tmp_path)
+    assert "arm sgd: lr-finder (" in res.stdout  # the killed step ran again
+    df = runs(tmp_path, "kfind")
+    tuning = tuning_runs(df).set_index("run_id")
+    # the dead run ended FAILED; one finished finder run per arm; nothing left RUNNING
+    assert tuning.loc[left["run_id"].iloc[0], "status"] == "FAILED"
+    done = tuning[tuning["status"] == "FINISHED"]
+    assert sorted(done["tags.nin.arm"]) == ["adam", "sgd"] and len(tuning) == 3
+    chosen = records(optuna.load_study(study_name="kfind", storage=url).user_attrs)
+    parent = df[df["tags.nin.role"] == "study"].iloc[0]
+    for arm in ("sgd", "adam"):  # each kept choice on the parent run too
+        assert float(parent[f"params.arms.{arm}.train.lr"]) == chosen[arm]["lr"]
+
+
 SEARCH = '[params]\n"train.lr" = { per_arm = "search", low = 1e-3, high = 0.1, trials = 2 }\n'
 
 
