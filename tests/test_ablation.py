@@ -211,6 +211,7 @@ def test_ablation_summary_matches_the_trials(abl):
     )
     md = (out / "summary.md").read_text()
     assert "paired t-test (scipy.stats.ttest_rel)" in md and "| fc" in md
+    assert "lr: train.lr 0.003 for every arm (no per-arm tuning" in md  # the shared lr, said
     assert "| arm " in abl.first.stdout  # printed in the terminal too
     for name in ("accuracy", "accuracy_vs_params", "accuracy_vs_macs", "val_curves"):
         assert "plotly" in (out / f"{name}.html").read_text()[:2000].lower()

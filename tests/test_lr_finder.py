@@ -393,3 +393,38 @@ def test_auto_rule_is_lowest_under_onecycle_and_half_decade_otherwise():
     assert resolved(load_config(profile="cpu")).lr_finder.rule == "lowest"
     with pytest.raises(ConfigError, match="lr_finder.rule"):
         load_config(overrides=["lr_finder.rule=median"])
+
+
+# ---- what the user sees: the plot and the terminal table -------------------------------------
+
+
+def test_plot_shows_both_smoothings_and_marks_the_recommendation():
+    from nin_search.plots import lr_finder_curve
+
+    c = curve([2.30, 2.30, 2.25, 2.10, 1.90, 1.60, 1.20, 0.90, 0.70, 0.80, 1.50, 3.0, 6.0])
+    f = suggest(c, N, rule="valley", smoothing="ema")
+    fig = lr_finder_curve(f)
+    names = [t.name for t in fig.data]
+    # the causal EMA and the zero-phase curves, the one the rules read said so
+    assert "causal EMA (fastai, lags) - rules read this" in names
+    assert "zero-phase (no lag)" in names
+    # one marker per rule, the recommended one named and at the rule's lr
+    rec = [t for t in fig.data if t.name.endswith("(recommended)")]
+    assert len(rec) == 1 and rec[0].name.startswith("valley") and rec[0].x[0] == LRS[5]
+    assert {n.split()[0] for n in names if "e-0" in n or "e+0" in n} >= set(f.suggestions)
+    assert "lr_finder.rule = valley, lr_finder.smoothing = ema" in fig.layout.title.text
+
+
+def test_terminal_table_gives_each_rule_on_both_curves_and_the_range():
+    from nin_search.run import _suggestion_table
+
+    c = curve([2.30, 2.30, 2.25, 2.10, 1.90, 1.60, 1.20, 0.90, 0.70, 0.80, 1.50, 3.0, 6.0])
+    f = suggest(c, N, rule="valley", smoothing="ema")
+    other = suggest(c, N, rule="valley", smoothing="zero-phase")
+    lines = _suggestion_table(f, other).splitlines()
+    assert lines[0].split() == ["lr_finder.rule", "ema", "(in", "use)", "zero-phase"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert rows["valley"][0] == "(recommended)" and rows["valley"][1] == f"{LRS[5]:.3g}"
+    assert rows["steep"] == [f"{LRS[7]:.3g}", f"{other.suggestions['steep']:.3g}"]
+    low, high = f.recommended_range
+    assert lines[-1].split()[:3] == ["sweep", "range", f"[{low:.3g},"]
