@@ -148,7 +148,7 @@ def test_mlflow_ui_shows_a_train_runs_model_and_gallery(tmp_path: Path, data: Pa
         page.get_by_text("test", exact=True).first.click()
         page.get_by_text("predictions.html", exact=True).first.click()
         gallery = page.frame_locator("iframe").first
-        gallery.locator("figure img").first.wait_for(timeout=30_000)
+        gallery.locator("figure img").first.wait_for(timeout=90_000)
         assert gallery.locator("figure").count() == 16  # the whole 16-image test split
         assert "pred: " in gallery.locator("figure").first.inner_text()
         page.screenshot(path=str(tmp_path / "mlflow_gallery.png"), full_page=True)
