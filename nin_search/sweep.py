@@ -32,7 +32,6 @@ from nin_search.workers import (
     spawn,
     this_run,
     work,
-    worker_command,  # noqa: F401  (moved to workers.py; still importable here)
 )
 
 

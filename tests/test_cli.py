@@ -381,7 +381,7 @@ def test_ui_command_binds_loopback_and_masks_passwords():
 
 
 def test_workers_get_the_storage_url_in_their_environment_not_their_argv():
-    from nin_search.sweep import worker_command
+    from nin_search.workers import worker_command
 
     url = "postgresql://nin:s3cret@db-host/optuna"
     cmd, env = worker_command(["sweep", "study.toml", "--set=train.lr=0.1"], url)
