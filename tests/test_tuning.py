@@ -104,7 +104,7 @@ def test_converged_is_unknown_without_two_epochs():
     assert "did not converge" not in md
 
 
-def three_arm_summary(has_test: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+def three_arm_summary() -> tuple[pd.DataFrame, pd.DataFrame]:
     """Six seeds of three arms (the baseline and two others); b still rising at the end."""
     rng = np.random.default_rng(0)
     rows = []
@@ -112,7 +112,7 @@ def three_arm_summary(has_test: bool = True) -> tuple[pd.DataFrame, pd.DataFrame
         for arm, shift in (("base", 0.0), ("a", 0.01), ("b", 0.003)):
             v = 0.85 + shift + rng.normal(0, 0.004)
             rows.append({"arm": arm, "seed": seed, "state": "complete", "value": v,
-                         "test_acc": v - 0.01 + rng.normal(0, 0.002) if has_test else None,
+                         "test_acc": v - 0.01 + rng.normal(0, 0.002),
                          "params": 1, "macs": 1, "img_per_s": 1.0, "epoch_time_s": 1.0,
                          "peak_mem_mib": None,
                          "val_acc": [v - (0.05 if arm == "b" else 0.002), v]})  # fmt: skip
@@ -138,17 +138,8 @@ def test_summary_notes_name_each_test_and_the_arm_that_did_not_converge():
 
 
 def test_three_arms_get_holm_and_test_set_statistics():
-    rng = np.random.default_rng(0)
-    rows = []
-    for seed in range(6):
-        for arm, shift in (("base", 0.0), ("a", 0.01), ("b", 0.003)):
-            v = 0.85 + shift + rng.normal(0, 0.004)
-            rows.append({"arm": arm, "seed": seed, "state": "complete", "value": v,
-                         "test_acc": v - 0.01 + rng.normal(0, 0.002), "params": 1, "macs": 1,
-                         "img_per_s": 1.0, "epoch_time_s": 1.0, "peak_mem_mib": None,
-                         "val_acc": [0.5, v]})  # fmt: skip
-    cells = pd.DataFrame(rows)
-    t = stats.compare(cells, "base").set_index("arm")
+    cells, t = three_arm_summary()
+    t = t.set_index("arm")
     p = [sps.ttest_rel(cells[cells.arm == a].value, cells[cells.arm == "base"].value).pvalue
          for a in ("a", "b")]  # fmt: skip
     assert list(t.loc[["a", "b"], "p_value"]) == pytest.approx(p)
