@@ -330,7 +330,7 @@ def pareto_report(ostudy, spec: dict, out: Path) -> tuple[list[str], dict, dict[
             figures[name] = make(ostudy, target=lambda t: t.values[acc], target_name=names[acc])
         except (ValueError, RuntimeError, ZeroDivisionError) as e:
             notes.append(f"{name}: not drawn ({str(e).splitlines()[0][:200]})")
-    text = _table(frame) if len(frame) else ""
+    text = _table(frame) if len(frame) else ""  # printed under the notes' first line
     return notes, figures, {"Pareto front": frame.to_html(index=False)}, text
 
 

@@ -196,7 +196,8 @@ def sweep_report(ostudy: optuna.Study, out: Path) -> tuple[str, dict]:
         notes, figures, tables, text = pareto_report(ostudy, spec, out)
         tables |= kept_models(ostudy, out, None)
         _write(out, figures, tables, f"Sweep {ostudy.study_name}", notes)
-        return "\n".join([*notes, text] if text else notes), figures  # the table on the terminal
+        shown = [notes[0], text, *notes[1:]] if text else notes  # the table under its heading
+        return "\n".join(shown), figures
     figures, notes = {}, []
     makers = {
         "optimization_history": vis.plot_optimization_history,

@@ -273,9 +273,14 @@ class StoreLock:
     GET_LOCK) on the database server. `with StoreLock(url, mlflow_uri, key=name):` or
     acquire()/release(); release() is idempotent and a process may take a lock it holds."""
 
-    def __init__(self, *stores, key: str = "nin-search") -> None:
-        # a file lock is one per file, whatever the key (taken twice, a file would block itself)
+    def __init__(self, *stores, key: str = "nin-search", own_file: bool = False) -> None:
+        # a file lock is one per file, whatever the key (taken twice, a file would block itself);
+        # own_file: a lock file of this key's own, for a lock held long (an arm's range test)
+        # that must not stop every other command on the store meanwhile
         targets = [t for s in stores if (t := _lock_target(s))]
+        if own_file:
+            tag = hashlib.sha256(key.encode()).hexdigest()[:12]
+            targets = [(k, f"{w}.{tag}" if k == "file" else w) for k, w in targets]
         self.targets = sorted(
             {(kind, where, key if kind == "sql" else "") for kind, where in targets}
         )

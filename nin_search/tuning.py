@@ -113,12 +113,12 @@ def tune_arms(study: Study, ostudy: optuna.Study, url: str, exp_id: str, parent:
         if spec["per_arm"] == "lr-finder":
             # one range test per arm at a time, on any machine: another command waits for it
             # and then uses its choice; a finder run left RUNNING by a killed one is failed
-            with StoreLock(url, key=f"{study.name} [tune {arm}]"):
-                if key in kept():
-                    continue
-                fail_killed_finders(study.name, arm, exp_id)
-                rec = _finder(study, arm, exp_id, parent, cache)
-                ostudy.set_user_attr(key, rec)
+            lock = StoreLock(url, key=f"{study.name} [tune {arm}]", own_file=True)
+            with lock:
+                if key not in kept():
+                    if lock.targets:  # held: no live range test of this arm anywhere
+                        fail_killed_finders(study.name, arm, exp_id, parent)
+                    ostudy.set_user_attr(key, _finder(study, arm, exp_id, parent, cache))
         else:
             rec = _search(study, arm, spec, url, exp_id, parent, cache)
             with StoreLock(url, key=study.name):  # the first kept choice stands
@@ -136,15 +136,16 @@ def log_choices(attrs: dict, parent: str) -> None:
     """Each kept choice on the parent run (param arms.<arm>.train.lr, tag nin.lr_how.<arm>),
     where it is not there yet."""
     client = mlflow.MlflowClient()
-    have = client.get_run(parent).data.params
+    data = client.get_run(parent).data
     for arm, rec in records(attrs).items():
-        if f"arms.{arm}.train.lr" not in have:
+        if f"arms.{arm}.train.lr" not in data.params:
             lr = rec["lr"]
             client.log_param(parent, f"arms.{arm}.train.lr", "none" if lr is None else lr)
+        if f"nin.lr_how.{arm}" not in data.tags:
             client.set_tag(parent, f"nin.lr_how.{arm}", rec["how"][:5000])
 
 
-def fail_killed_finders(name: str, arm: str, exp_id: str) -> None:
+def fail_killed_finders(name: str, arm: str, exp_id: str, parent: str) -> None:
     """The arm's finder runs still RUNNING: left by a killed command (under the arm's lock, no
     live one can be running), so they end FAILED instead of staying RUNNING for ever."""
     client = mlflow.MlflowClient()
@@ -153,7 +154,9 @@ def fail_killed_finders(name: str, arm: str, exp_id: str) -> None:
         "tags.`nin.role` = 'tuning' AND tags.`nin.command` = 'lr-finder' AND "
         "attributes.status = 'RUNNING'",
     ):
-        if run.data.tags.get("nin.arm") == arm and run.data.tags.get("nin.study") == name:
+        tags = run.data.tags
+        mine = (tags.get("nin.arm"), tags.get("nin.study"), tags.get("mlflow.parentRunId"))
+        if mine == (arm, name, parent):
             client.set_terminated(run.info.run_id, "FAILED")
 
 

@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 from test_ablation import ablation_text
 from test_sweep import _env, write_study
 
-from nin_search.storage import open_storage
+from nin_search.storage import StoreLock, open_storage
 
 pg_url = test_sweep.pg_url  # the fixture: skips without $NIN_SEARCH_TEST_PG_URL
 N_TRIALS = 4
@@ -217,7 +217,8 @@ def fleet(tmp_path_factory, data: Path, pg: SimpleNamespace, server: MlflowServe
         killed = None
         # one storage for the whole poll: a new one every 0.2 s kept ~70 idle connections
         # open in this process ('too many clients already' at PostgreSQL's default 100)
-        polling = optuna.storages.RDBStorage(pg.direct)
+        with StoreLock(pg.direct, key="nin-search schema"):  # as the workers create tables
+            polling = optuna.storages.RDBStorage(pg.direct)
         while killed is None and time.monotonic() < deadline:
             with contextlib.suppress(KeyError):  # the study is not created yet
                 study = optuna.load_study(study_name=name, storage=polling)

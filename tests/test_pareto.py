@@ -91,8 +91,10 @@ def cli_report(folder: Path, name: str = "pareto") -> Path:
 
 
 def front_rows(out: str, n: int) -> list[list[str]]:
-    """The table printed under 'Pareto front of ...': its header and n rows, split."""
-    return [row.split() for row in out.split("Pareto front of")[1].splitlines()[1 : 2 + n]]
+    """The Pareto table printed under 'Pareto front of ...': its header and n rows, split."""
+    lines = out.split("Pareto front of")[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["trial"])
+    return [row.split() for row in lines[start : start + 1 + n]]
 
 
 def test_two_objectives_give_a_study_with_two_directions(pareto):
@@ -147,6 +149,8 @@ def test_summary_prints_the_pareto_front_of_study_best_trials(pareto):
 def test_report_prints_the_pareto_front_as_a_table(pareto):
     best = {t.number: t for t in pareto.study.best_trials}
     out = (pareto.report / "stdout.txt").read_text()
+    # the table right under its heading line
+    assert out.split("Pareto front of")[1].splitlines()[1].split()[0] == "trial"
     table = front_rows(out, len(best))
     assert table[0] == ["trial", "best_val_acc", "macs", "params", "model.width", "train.lr"]
     # one row per Pareto trial: its accuracy, MACs and params as the study holds them

@@ -228,24 +228,25 @@ def test_no_recommendation_means_the_arm_is_not_run(tmp_path, data):
 
 
 def test_finder_killed_mid_test_reruns_and_leaves_no_run_running(tmp_path, data):
-    slow = FINDER.replace("num_iter = 40", "num_iter = 150")  # long enough to be killed in
+    slow = FINDER.replace("num_iter = 40", "num_iter = 300")  # long enough to be killed in
     (tmp_path / "abl.toml").write_text(per_arm_text("kfind", data, slow, seeds="[0]"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "nin_search", "ablate", "abl.toml"],
-        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     for line in proc.stdout:  # the first arm's range test is about to begin
         if "arm sgd: lr-finder (" in line:
             break
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # kill it once its MLflow run exists, mid-test
+    while time.monotonic() < deadline and proc.poll() is None:  # until its MLflow run exists
         df = runs(tmp_path, "kfind")
         if len(df) and len(tuning_runs(df)):
             break
         time.sleep(0.05)
+    proc.send_signal(signal.SIGSTOP)  # frozen mid-test while the test looks
+    left = tuning_runs(runs(tmp_path, "kfind"))
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
-    left = tuning_runs(runs(tmp_path, "kfind"))
     # the killed command left its finder run RUNNING, and kept no choice
     assert list(left["status"]) == ["RUNNING"] and list(left["tags.nin.arm"]) == ["sgd"]
     url = f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}"
