@@ -384,14 +384,23 @@ def test_shipped_ablation_files_load():
     assert len(load_ablation("studies/ablate_precision.toml").seeds) == 5
 
 
-def test_pareto_check_reruns_the_front_trial_it_names_on_three_seeds():
+@pytest.mark.parametrize(
+    ("path", "arm_name", "trial", "seeds"),
+    [
+        ("studies/pareto_check_cpu.toml", "w0375-fc", "14", [0, 1, 2]),
+        ("studies/pareto_check2_cpu.toml", "w05-d1", "2", [0, 1, 2, 3, 4, 5]),
+    ],
+)
+def test_pareto_check_reruns_the_front_trial_it_names_on_paired_seeds(
+    path: str, arm_name: str, trial: str, seeds: list[int]
+):
     import csv
 
-    study = load_ablation("studies/pareto_check_cpu.toml")
-    assert study.seeds == [0, 1, 2] and study.baseline == "reference" and study.profile == "cpu"
+    study = load_ablation(path)
+    assert study.seeds == seeds and study.baseline == "reference" and study.profile == "cpu"
     with open("benchmarks/results/pareto_cpu/pareto_front.csv") as f:
-        row = next(r for r in csv.DictReader(f) if r["trial"] == "14")
-    arm = study.arms["w0375-fc"]
+        row = next(r for r in csv.DictReader(f) if r["trial"] == trial)
+    arm = study.arms[arm_name]
     for key in ("model.width", "model.mlp_depth", "model.head", "model.reduction"):
         assert str(arm[key]) == row[key].removesuffix(".0") or float(arm[key]) == float(row[key])
     assert abs(arm["train.lr"] / float(row["train.lr"]) - 1) < 0.01  # rounded to 3 digits
