@@ -73,6 +73,17 @@ def check_ctrl_c() -> None:
 
 
 @contextlib.contextmanager
+def interruptible():
+    """Inside deferred_ctrl_c: compute only (no store writes), where Ctrl-C raises at once."""
+    _training.set()
+    try:
+        check_ctrl_c()  # pressed while this was being set up
+        yield
+    finally:
+        _training.clear()
+
+
+@contextlib.contextmanager
 def deferred_ctrl_c():
     """Ctrl-C interrupts at once while fit computes; anywhere else it waits for the next safe
     point. One raised in the middle of an SQLite write leaves the store locked (ending the run
@@ -192,17 +203,14 @@ def make_objective(
                 return f"pruned at epoch {m['epoch']}" if prune else None
 
             try:
-                _training.set()
-                check_ctrl_c()  # pressed while the trial was being set up
-                data = cache.get(cfg, with_test=study.final_eval)
-                result = fit(cfg, data, on_epoch)
+                with interruptible():
+                    data = cache.get(cfg, with_test=study.final_eval)
+                    result = fit(cfg, data, on_epoch)
             except torch.cuda.OutOfMemoryError as e:  # this config does not fit: fail it, go on
                 reason = f"out of memory: {str(e).splitlines()[0][:300]}"
                 trial.set_user_attr("fail_reason", reason)
                 mlflow.set_tag("nin.reason", reason)
                 raise TrialRejected(reason) from None
-            finally:
-                _training.clear()
             _record(trial, result.history)
             trial.set_user_attr("tracking_s", setup + sum(o for o, _ in overhead))
             trial.set_user_attr("epoch_s", sum(e for _, e in overhead))

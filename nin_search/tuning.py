@@ -32,7 +32,7 @@ from nin_search.storage import StoreLock
 from nin_search.study import OBJECTIVES, Study, with_params
 from nin_search.tracking import run_tags
 from nin_search.train import resolve_device, resolved
-from nin_search.trial import DataCache, _training, check_ctrl_c, deferred_ctrl_c
+from nin_search.trial import DataCache, check_ctrl_c, deferred_ctrl_c, interruptible
 
 KEY = "nin_arm_lr:"  # + arm: {"lr": float | None, "how": str, "message": str, "runs": [...]}
 
@@ -183,12 +183,8 @@ def _finder(study: Study, arm: str, exp_id: str, parent: str, cache: DataCache) 
         mlflow.start_run(experiment_id=exp_id, run_name=f"{arm} lr-finder", tags=tags) as run,
     ):
         mlflow.log_params(flatten(cfg))
-        try:
-            _training.set()  # a Ctrl-C stops the range test at once, not after every repeat
-            check_ctrl_c()
+        with interruptible():  # a Ctrl-C stops the range test at once, not after every repeat
             finding = find_lr(cfg, cache.get(cfg))
-        finally:
-            _training.clear()
         check_ctrl_c()
         mlflow.log_dict(finding.to_json(), "lr_finder.json")
         mlflow.log_figure(lr_finder_curve(finding, f"LR range test: arm {arm}"), "lr_finder.html")
