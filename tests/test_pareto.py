@@ -236,20 +236,26 @@ def test_two_workers_finish_a_multi_objective_study_exactly(tmp_path: Path, data
 
 @pytest.fixture(scope="module")
 def budget(tmp_path_factory, data: Path, store: Path) -> SimpleNamespace:
-    folder = with_mlflow_store(tmp_path_factory.mktemp("budget"), store)
-    write_sized(
-        folder,
-        "budget",
+    return swept_and_reported(
+        tmp_path_factory,
         data,
+        store,
+        "budget",
         n_trials=6,
         params=WIDTHS,
         top='[constraints]\n"macs" = { max = 5e6 }',  # width 0.5 (13.6 M MACs) is over
         sampler='type = "tpe"\nseed = 0\nn_startup_trials = 3',
         pruner='type = "median"',
     )
+
+
+def swept_and_reported(tmp_path_factory, data: Path, store: Path, name: str, **kw):
+    """A sized study file of this name (kw: write_study's), swept to its target, then `report`."""
+    folder = with_mlflow_store(tmp_path_factory.mktemp(name), store)
+    write_sized(folder, name, data, **kw)
     res = sweep_ok("study.toml", cwd=folder)
-    report = cli_report(folder, "budget")
-    study = optuna.load_study(study_name="budget", storage=sqlite_url(folder))
+    report = cli_report(folder, name)
+    study = optuna.load_study(study_name=name, storage=sqlite_url(folder))
     return SimpleNamespace(folder=folder, res=res, study=study, report=report)
 
 
@@ -327,20 +333,16 @@ def test_diverged_multi_objective_trial_stops_at_once_and_its_run_fails(
 @pytest.fixture(scope="module")
 def budget_front(tmp_path_factory, data: Path, store: Path) -> SimpleNamespace:
     """A two-objective study with a MACs budget, then `report`."""
-    folder = with_mlflow_store(tmp_path_factory.mktemp("budget_front"), store)
-    write_sized(
-        folder,
-        "bfront",
+    return swept_and_reported(
+        tmp_path_factory,
         data,
+        store,
+        "bfront",
         n_trials=3,
         params=SPACE,
         top=PARETO + '\n[constraints]\n"macs" = { max = 5e6 }',  # width 0.5 is over
         sampler='type = "tpe"\nseed = 0\nn_startup_trials = 2',
     )
-    res = sweep_ok("study.toml", cwd=folder)
-    report = cli_report(folder, "bfront")
-    study = optuna.load_study(study_name="bfront", storage=sqlite_url(folder))
-    return SimpleNamespace(folder=folder, res=res, study=study, report=report)
 
 
 def test_budget_with_two_objectives_keeps_the_front_feasible(budget_front):
