@@ -122,7 +122,17 @@ def _stream(data: Data, cfg: Config, gen: torch.Generator) -> Iterator:
         yield from batches(data.train_x, data.train_y, cfg.train.batch_size, data.cfg, gen, True)
 
 
-def _test(cfg: Config, data: Data, seed: int, val: tuple | None, progress: bool) -> Curve:
+def seeded_test(
+    cfg: Config,
+    data: Data,
+    seed: int,
+    val: tuple | None = None,
+    progress: bool = False,
+    precision: str | None = None,
+) -> Curve:
+    """One range test from a fresh model and data order seeded with seed, at train.precision
+    resolved for the device (precision overrides it: benchmarks/lr_finder_spread.py forces bf16,
+    emulated, on a CPU without bf16 units to tell the precision's effect from the host's)."""
     device = data.train_x.device
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -130,7 +140,7 @@ def _test(cfg: Config, data: Data, seed: int, val: tuple | None, progress: bool)
     model = model.to(device, memory_format=torch.channels_last)  # as fit() trains it
     opt = make_optimizer(cfg.train, model.parameters())
     crit = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
-    precision = resolve_precision(cfg.train.precision, device)
+    precision = precision or resolve_precision(cfg.train.precision, device)
     stream = _stream(data, cfg, gen)
     return range_test(model, opt, stream, cfg.lr_finder, crit, val, gen, progress, precision)
 
@@ -143,7 +153,7 @@ def find_lr(cfg: Config, data: Data, progress: bool = False) -> Finding:
     if c.use_val:
         n = min(c.val_images, len(data.val_x))
         val = next(batches(data.val_x[:n], data.val_y[:n], n, data.cfg))
-    curves = [_test(cfg, data, cfg.train.seed + i, val, progress) for i in range(c.repeats)]
+    curves = [seeded_test(cfg, data, cfg.train.seed + i, val, progress) for i in range(c.repeats)]
     curve = curves[0] if c.repeats == 1 else median_curve(curves, c.beta)
     finding = suggest(curve, c.num_iter, finder_rule(cfg), c.smoothing)
     if finding.status == "no-descent":

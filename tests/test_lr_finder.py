@@ -15,7 +15,7 @@ from torch import nn
 from nin_search.config import FINDER_RULES, ConfigError, LRFinderConfig, finder_rule, load_config
 from nin_search.curve import Curve, ema, median_curve, no_descent_advice, suggest, zero_phase
 from nin_search.data import split_data
-from nin_search.lr_finder import find_lr, range_test, schedule
+from nin_search.lr_finder import find_lr, range_test, schedule, seeded_test
 from nin_search.model import build_model
 from nin_search.train import fit, make_optimizer, resolved
 
@@ -207,6 +207,20 @@ def test_repeats_run_seed_plus_i_and_suggest_from_the_median():
     # the curve the rules read is the elementwise median of the repeats
     assert f.curve.losses == [statistics.median(col) for col in zip(*f.curve.runs, strict=True)]
     assert f.to_json()["repeats"] == 3 and len(f.to_json()["curve"]["repeat_losses"]) == 3
+
+
+def test_seeded_test_is_find_lrs_test_and_can_force_bf16():
+    x, y = squares(128)
+    cfg = load_config(overrides=TINY + ["train.precision=fp32"])
+    data = split_data(x, y, cfg.data, "cpu")
+    # the benchmark's single test at a seed is exactly the test find_lr runs at that seed
+    assert seeded_test(cfg, data, 5).losses == find_lr(cfg, data).curve.losses
+    # bf16 forced (emulated on a CPU without bf16 units): the same test at another precision,
+    # close to the fp32 curve at the first steps (same weights and batches) but not equal
+    fp32 = seeded_test(cfg, data, 5, precision="fp32").losses
+    bf16 = seeded_test(cfg, data, 5, precision="bf16").losses
+    assert bf16 != fp32[: len(bf16)]
+    assert bf16[0] == pytest.approx(fp32[0], rel=0.02)
 
 
 def test_never_fell_on_the_chance_plateau_says_why_and_names_the_keys():
