@@ -41,6 +41,7 @@ from lr_finder_regret import (
     PROFILE,
     cache_key,
     configs,
+    grid,
     load_cache,
     select,
 )
@@ -73,12 +74,14 @@ def host() -> str:
     )
 
 
-def grid_best(cached: dict, sets: list[str]) -> float | None:
-    """The grid-best lr of lr_finder_regret.py's cache for this configuration (2 seeds a point)."""
+def grid_best(cached: dict, name: str, sets: list[str]) -> float | None:
+    """The grid-best lr of lr_finder_regret.py's cache for this configuration (2 seeds a point):
+    the optimizer's grid lrs only (the cache also holds the runs at each rule's lr)."""
+    lrs = set(grid(name.split("/")[0], None))
     means: dict[float, list[float]] = {}
-    for r in cached.values():
-        kind, _, rsets, lr, _, _ = json.loads(r["key"])
-        if kind == "run" and sorted(rsets) == sorted(sets) and "val_acc" in r:
+    for k, r in cached.items():  # load_cache's keys hold the lr rounded as grid() rounds it
+        kind, _, rsets, lr, _, _ = json.loads(k)
+        if kind == "run" and lr in lrs and sorted(rsets) == sorted(sets) and "val_acc" in r:
             means.setdefault(lr, []).append(r["val_acc"])
     full = {lr: statistics.mean(v) for lr, v in means.items() if len(v) >= 2}
     return max(full, key=full.get) if full else None
@@ -170,7 +173,7 @@ def main() -> None:
             curves = by_name.get(name, {})
             if not curves:
                 continue
-            best = grid_best(regret, sets_of[name])
+            best = grid_best(regret, name, sets_of[name])
             rc = regret.get(cache_key("range-test", sets_of[name]))
             for rule in RULES:
                 lrs = {s: lr_of(c, num_iter, rule) for s, c in sorted(curves.items())}
