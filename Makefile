@@ -21,8 +21,9 @@ DEMO_SET ?= --set model.batch_norm=true
 demo: $(VENV)/.installed
 	$(BIN)/python -m nin_search lr-finder --profile $(PROFILE) $(DEMO_SET)
 
+# one pytest worker per core; loadfile keeps a file's tests (and its module fixtures) on one worker
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 lint: $(VENV)/.installed
 	$(BIN)/python -m pip install -q ruff
