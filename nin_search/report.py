@@ -95,10 +95,13 @@ def ablation_markdown(
     if "p_wilcoxon" in table:
         lines.append(f"- {stats.WILCOXON}, where >= {stats.WILCOXON_MIN} pairs")
     if "test_mean" in table:
+        also = [c for c in ("test_p_wilcoxon", "test_p_holm") if c in table]
+        tests = "test_p_value: the paired t-test" + (
+            f"; {' and '.join(also)} as above" * bool(also)
+        )
         lines.append(
             "- test_*: accuracy on the test set (--final-eval), with the same paired statistics "
-            "(test_p_value: the paired t-test; test_p_wilcoxon and test_p_holm as above); "
-            "only reported, never used for tuning or choosing"
+            f"({tests}); only reported, never used for tuning or choosing"
         )
     lines += [f"- {n}" for n in lr_notes or []]
     gain = f"{100 * stats.CONVERGED_GAIN:.1f}"

@@ -129,7 +129,15 @@ def test_summary_notes_name_each_test_and_the_arm_that_did_not_converge():
     assert "- statistics: p_value, delta_ci_low/high: paired t-test (scipy.stats.ttest_rel)" in md
     assert "- p_holm: the t-test's p Holm-corrected" in md and "(Holm 1979; 2 comparisons)" in md
     assert "- p_wilcoxon: Wilcoxon signed-rank test (scipy.stats.wilcoxon)" in md
-    assert "test_p_value: the paired t-test" in md
+    assert "(test_p_value: the paired t-test; test_p_wilcoxon and test_p_holm as above)" in md
+    # two arms, three seeds: no Holm and no Wilcoxon column, so the note names neither
+    cells, _ = three_arm_summary()
+    two = cells[(cells["arm"] != "b") & (cells["seed"] < 3)]
+    spec2 = {"objective": "best_val_acc", "baseline": "base", "arms": dict.fromkeys("base a"),
+             "seeds": [0, 1, 2]}  # fmt: skip
+    md2 = ablation_markdown("two", spec2, stats.compare(two, "base"))
+    assert "(test_p_value: the paired t-test); only reported" in md2
+    assert "p_holm" not in md2 and "p_wilcoxon" not in md2
     # b gained 5 points in its last epoch: one sentence says its verdict may reflect speed
     assert [line for line in md.splitlines() if "did not converge" in line] == [
         "- b did not converge (it still gained 5.00 points at the end): its verdict may "
