@@ -382,6 +382,14 @@ def test_shipped_ablation_files_load():
     assert names["ablate_family.toml"][1] == ["d2l", "nin11", "nin16", "nin19"]
     assert names["ablate_precision.toml"] == ("fp32", ["fp32", "bf16"])
     assert len(load_ablation("studies/ablate_precision.toml").seeds) == 5
+    # issue 12's reruns: each arm at its own finder lr, 10 epochs (near the plateau), no arm
+    # fixing train.lr, and a study name of its own (never resuming the older shared-lr cells)
+    for file in ("head", "reduction", "mlp_depth", "mlp_kernel"):
+        study = load_ablation(f"studies/ablate_{file}.toml")
+        assert study.per_arm == {"train.lr": {"per_arm": "lr-finder"}}, file
+        assert study.base["train.epochs"] == 10, file
+        assert not any("train.lr" in values for values in study.arms.values()), file
+        assert study.name.endswith("-per-arm"), file
 
 
 @pytest.mark.parametrize(
