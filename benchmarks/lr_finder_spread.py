@@ -74,16 +74,21 @@ def host() -> str:
     )
 
 
-def grid_best(cached: dict, name: str, sets: list[str]) -> float | None:
-    """The grid-best lr of lr_finder_regret.py's cache for this configuration (2 seeds a point):
-    the optimizer's grid lrs only (the cache also holds the runs at each rule's lr)."""
+def grid_means(cached: dict, name: str, sets: list[str]) -> dict[float, float]:
+    """lr_finder_regret.py's grid for this configuration: lr -> mean final val_acc over its
+    seeds (2 a point), the optimizer's grid lrs only (the cache also holds each rule's runs)."""
     lrs = set(grid(name.split("/")[0], None))
     means: dict[float, list[float]] = {}
     for k, r in cached.items():  # load_cache's keys hold the lr rounded as grid() rounds it
         kind, _, rsets, lr, _, _ = json.loads(k)
         if kind == "run" and lr in lrs and sorted(rsets) == sorted(sets) and "val_acc" in r:
             means.setdefault(lr, []).append(r["val_acc"])
-    full = {lr: statistics.mean(v) for lr, v in means.items() if len(v) >= 2}
+    return {lr: statistics.mean(v) for lr, v in sorted(means.items()) if len(v) >= 2}
+
+
+def grid_best(cached: dict, name: str, sets: list[str]) -> float | None:
+    """The grid-best lr of lr_finder_regret.py's cache for this configuration."""
+    full = grid_means(cached, name, sets)
     return max(full, key=full.get) if full else None
 
 
