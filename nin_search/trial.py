@@ -155,6 +155,7 @@ def make_objective(
             if arm in study.lr_how:  # its lr was tuned for it (tuning.py)
                 tags["nin.lr_how"] = study.lr_how[arm][:5000]
             run_name = f"{arm} seed {seed}"
+        cell = f" ({run_name})" if "arm" in values else ""
         reason, cfg = "", None
         try:
             cfg = with_params(study, values, f"{study.path}: trial {trial.number}")
@@ -198,6 +199,7 @@ def make_objective(
                     trial.report(m[metric], m["epoch"])
                     prune = trial.should_prune()
                 overhead.append((time.perf_counter() - start, m["epoch_time_s"]))
+                _progress(trial.number, m, cfg.train.epochs, [e for _, e in overhead], cell)
                 _training.set()
                 check_ctrl_c()
                 return f"pruned at epoch {m['epoch']}" if prune else None
@@ -255,6 +257,17 @@ def make_objective(
             mlflow.end_run(MLFLOW_STATUS[state])
 
     return objective
+
+
+def _progress(number: int, m: dict, epochs: int, epoch_s: list[float], cell: str) -> None:
+    """One line per epoch, so a long trial shows it is alive and when it should end."""
+    left = (epochs - m["epoch"]) * sum(epoch_s) / len(epoch_s) / 60
+    eta = f", about {left:.0f} min left" if m["epoch"] < epochs else ""
+    print(
+        f"trial {number:>3} epoch {m['epoch']}/{epochs}: val_acc {m['val_acc']:.4f} "
+        f"({m['epoch_time_s']:.0f} s{eta}){cell}",
+        flush=True,
+    )
 
 
 def _record(trial: optuna.Trial, history: list[dict]) -> None:

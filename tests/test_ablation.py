@@ -158,6 +158,19 @@ def test_ablation_runs_every_cell_once(abl):
     assert "0 of 4 cells finished" in abl.first.stdout
 
 
+def test_ablation_prints_every_epoch_of_every_cell(abl):
+    # a 20-minute cell must not be silent: one line per epoch, its val_acc and the cell it is in
+    epochs = TINY["train.epochs"]
+    for t in trials(abl.folder, "abl"):
+        cell = f"({t.params['arm']} seed {t.params['train.seed']})"
+        for epoch, val_acc in t.intermediate_values.items():
+            start = f"trial {t.number:>3} epoch {epoch}/{epochs}: val_acc {val_acc:.4f} ("
+            lines = [ln for ln in abl.first.stdout.splitlines() if ln.startswith(start)]
+            assert len(lines) == 1 and lines[0].endswith(cell), (start, abl.first.stdout)
+            assert ("min left" in lines[0]) == (epoch < epochs), lines[0]
+        assert sorted(t.intermediate_values) == list(range(1, epochs + 1))
+
+
 def test_ablation_runs_are_comparable_in_mlflow(abl):
     df = runs(abl.folder, "abl")
     parent = df[df["tags.nin.role"] == "study"]
