@@ -95,8 +95,8 @@ def by_seed(path: str) -> dict[tuple[str, str], dict[str, dict[int, dict]]]:
 def seeds_table(cache: dict, path: str) -> None:
     sets_of = configs(list(DEFAULT_MODELS))
     lo, hi = RANGES["[lr/30, 3lr]"]
+    names = list(candidates([1.0] * 40, [1.0] * 40))  # the candidates' names, from a flat curve
     for (cpu, prec), by_name in sorted(by_seed(path).items()):
-        names = list(candidates([1.0] * 40, [1.0] * 40))
         print(
             f"\n{cpu}, {prec}: seeds within 3x of the grid-best, seeds whose [lr/30, 3lr] holds it"
         )
