@@ -23,7 +23,14 @@ from nin_search.config import Config, LRFinderConfig, finder_rule
 from nin_search.curve import Curve, Finding, median_curve, no_descent_advice, suggest
 from nin_search.data import Data, batches
 from nin_search.model import build_model
-from nin_search.train import autocast, make_optimizer, resolve_precision, tqdm, train_step
+from nin_search.train import (
+    autocast,
+    keep_cpu_memory,
+    make_optimizer,
+    resolve_precision,
+    tqdm,
+    train_step,
+)
 
 
 def schedule(c: LRFinderConfig) -> list[float]:
@@ -76,6 +83,8 @@ def range_test(
     """
     criterion = criterion or nn.CrossEntropyLoss()
     device = next(model.parameters()).device
+    if device.type == "cpu":
+        keep_cpu_memory()
     snap = _snapshot(model, opt, gen)
     curve, avg, best = Curve(), 0.0, math.inf
     lrs = schedule(c)
