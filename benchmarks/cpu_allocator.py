@@ -2,9 +2,9 @@
 
     .venv/bin/python benchmarks/cpu_allocator.py [--rounds 3] [--steps 15] [--procs 2]
 
-Why fit() and the lr-finder call nin_search.train.keep_cpu_memory() on the CPU. Each variant is
-a fresh process (the allocator's settings are process-wide), --procs of them at once with one
-torch thread each, as `ablate --workers 2` runs on two cores:
+Why fit() and the lr-finder call nin_search.cpu_memory.keep_cpu_memory() on the CPU. Each
+variant is a fresh process (the allocator's settings are process-wide), --procs of them at once
+with one torch thread each, as `ablate --workers 2` runs on two cores:
 - default: glibc as it comes (blocks over the mmap threshold are mapped and unmapped each time);
 - keep: keep_cpu_memory() first (mallopt: no mmap, a 1 GiB trim threshold);
 - thp: THP_MEM_ALLOC_ENABLE=1, torch's own switch that asks for 2 MiB pages for its buffers of
@@ -34,13 +34,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 from nin_search.config import load_config  # noqa: E402
+from nin_search.cpu_memory import keep_cpu_memory  # noqa: E402
 from nin_search.model import build_model  # noqa: E402
-from nin_search.train import (  # noqa: E402
-    keep_cpu_memory,
-    make_optimizer,
-    resolve_precision,
-    train_step,
-)
+from nin_search.train import make_optimizer, resolve_precision, train_step  # noqa: E402
 
 VARIANTS = {"default": {}, "keep": {}, "thp": {"THP_MEM_ALLOC_ENABLE": "1"}}
 

@@ -20,17 +20,11 @@ import torch
 from torch import nn
 
 from nin_search.config import Config, LRFinderConfig, finder_rule
+from nin_search.cpu_memory import keep_cpu_memory, release_cpu_memory
 from nin_search.curve import Curve, Finding, median_curve, no_descent_advice, suggest
 from nin_search.data import Data, batches
 from nin_search.model import build_model
-from nin_search.train import (
-    autocast,
-    keep_cpu_memory,
-    make_optimizer,
-    resolve_precision,
-    tqdm,
-    train_step,
-)
+from nin_search.train import autocast, make_optimizer, resolve_precision, tqdm, train_step
 
 
 def schedule(c: LRFinderConfig) -> list[float]:
@@ -123,6 +117,7 @@ def range_test(
         if bar is not None:
             bar.close()
         _restore(model, opt, gen, snap)
+        release_cpu_memory()
     return curve
 
 

@@ -11,11 +11,8 @@ the run early (a pruned trial), or None to go on. A non-finite loss stops the ru
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import math
-import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +21,7 @@ import torch
 from torch import nn
 
 from nin_search.config import Config, ConfigError, TrainConfig, finder_rule
+from nin_search.cpu_memory import keep_cpu_memory, release_cpu_memory
 from nin_search.data import Data, batches, train_images
 from nin_search.model import build_model
 
@@ -56,38 +54,6 @@ class FitResult:
             f"loss became non-finite at epoch {epoch}, step {step} ({which}lr {lr:.3g}); "
             "lower train.lr"
         )
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
-_kept_cpu_memory = False
-
-
-def keep_cpu_memory() -> bool:
-    """Let glibc keep freed memory for the next training step instead of handing it back.
-
-    glibc serves blocks over its mmap threshold (32 MiB at most; one activation of the `cpu`
-    profile at batch 128 is 38.5 MiB) with fresh mmaps and unmaps them on free, so every step
-    faults in zeroed pages again: about 60,000 page faults and a sixth of the CPU time a step
-    there. mallopt(M_MMAP_MAX, 0) with a 1 GiB M_TRIM_THRESHOLD reuses the heap instead
-    (benchmarks/cpu_allocator.py). Process-wide and for good: the process keeps its peak
-    memory. Left alone where the user chose for malloc (MALLOC_* or GLIBC_TUNABLES set, or an
-    allocator in LD_PRELOAD) and off glibc. Returns whether it is in effect."""
-    global _kept_cpu_memory
-    if _kept_cpu_memory:
-        return True
-    env = os.environ
-    if (
-        platform.libc_ver()[0] != "glibc"
-        or any(k.startswith("MALLOC_") for k in env)
-        or "malloc" in env.get("GLIBC_TUNABLES", "")
-        or "malloc" in env.get("LD_PRELOAD", "")
-    ):
-        return False
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is None:  # pragma: no cover - glibc always has it
-        return False
-    _kept_cpu_memory = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
-    return _kept_cpu_memory
 
 
 def resolve_device(name: str) -> torch.device:
@@ -226,8 +192,8 @@ def fit(
     device = data.train_x.device
     cuda = device.type == "cuda"
     precision = resolve_precision(t.precision, device)
-    if not cuda:
-        keep_cpu_memory()
+    if device.type == "cpu":
+        keep_cpu_memory()  # reuse the step's large buffers (cpu_memory.py)
     torch.manual_seed(t.seed)  # weight init and dropout
     gen = torch.Generator(device=device).manual_seed(t.seed)  # batch order and augmentation
     # channels_last on both devices: cuDNN's and oneDNN's fastest convolutions for this network
@@ -310,4 +276,5 @@ def fit(
         if stop:
             result.status, result.reason = "stopped", stop
             break
+    release_cpu_memory()
     return result
