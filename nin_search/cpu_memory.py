@@ -21,6 +21,7 @@ start-up). Imports only the standard library.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 
@@ -28,8 +29,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt's parameters, glibc's malloc.
 _kept = False
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
-    """glibc, when it is the malloc this process uses; None otherwise."""
+    """glibc, when it is the malloc this process uses; None otherwise (looked up once)."""
     if platform.libc_ver()[0] != "glibc":
         return None
     try:
