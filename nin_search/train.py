@@ -16,10 +16,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from nin_search import snapshot as snapshots
 from nin_search.config import Config, ConfigError, TrainConfig, finder_rule
 from nin_search.cpu_memory import keep_cpu_memory, release_cpu_memory
 from nin_search.data import Data, batches, train_images
@@ -186,8 +188,11 @@ def fit(
     data: Data,
     on_epoch: Callable[[dict], str | None] | None = None,
     progress: bool = False,
+    snapshot: Path | None = None,
 ) -> FitResult:
-    """Train cfg's model on data.train_*, validate on data.val_* every epoch."""
+    """Train cfg's model on data.train_*, validate on data.val_* every epoch. With `snapshot`
+    (snapshot.py), save the state after every epoch there and, when it holds a snapshot of this
+    very config, go on from it: its epochs are replayed to on_epoch (marked "resumed": True)."""
     t = cfg.train
     device = data.train_x.device
     cuda = device.type == "cuda"
@@ -210,8 +215,18 @@ def fit(
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     check_every = CUDA_CHECK_EVERY if cuda else 1  # on the CPU a check costs nothing
     result = FitResult("completed", model=model, device=str(device), precision=precision)
+    state = snapshots.load(snapshot, cfg) if snapshot else None
+    if state:  # a killed run of this config got this far: its epochs are not trained again
+        for m in snapshots.restore(state, model, opt, sched, gen):
+            result.history.append(m)
+            stop = on_epoch(m | {"resumed": True}) if on_epoch else None
+            if stop:
+                result.status, result.reason = "stopped", stop
+                break
+        del state  # the snapshot's tensors: a model's worth of memory
+    first = len(result.history) + 1 if result.status == "completed" else t.epochs + 1
 
-    for epoch in range(1, t.epochs + 1):
+    for epoch in range(first, t.epochs + 1):
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         model.train()
@@ -276,5 +291,7 @@ def fit(
         if stop:
             result.status, result.reason = "stopped", stop
             break
+        if snapshot:  # after on_epoch logged the epoch: a resumed run replays what was logged
+            snapshots.save(snapshot, cfg, epoch, result.history, model, opt, sched, gen)
     release_cpu_memory()
     return result

@@ -28,6 +28,7 @@ from nin_search.accounting import summarize
 from nin_search.config import ConfigError, flatten
 from nin_search.data import Data, load_data
 from nin_search.model import check_input_size
+from nin_search.snapshot import remove, snapshot_path
 from nin_search.space import Param
 from nin_search.study import OBJECTIVES, Study, with_params
 from nin_search.tracking import run_tags
@@ -189,26 +190,34 @@ def make_objective(
                 mlflow.set_tag("nin.reason", over)
                 raise optuna.TrialPruned(over)
             overhead = []
+            resumed = []  # the epochs a killed try of this cell trained (snapshot.py)
 
             def on_epoch(m: dict) -> str | None:
                 _training.clear()  # a Ctrl-C waits until this epoch is logged
                 start = time.perf_counter()
-                mlflow.log_metrics({k: v for k, v in m.items() if k != "epoch"}, step=m["epoch"])
+                if m.get("resumed"):
+                    resumed.append(m["epoch"])
+                    mlflow.set_tag("nin.resumed_epochs", len(resumed))
+                logged = {k: v for k, v in m.items() if k not in ("epoch", "resumed")}
+                mlflow.log_metrics(logged, step=m["epoch"])
                 prune = False
                 if not multi:
                     trial.report(m[metric], m["epoch"])
                     prune = trial.should_prune()
                 overhead.append((time.perf_counter() - start, m["epoch_time_s"]))
-                _progress(trial.number, m, cfg.train.epochs, [e for _, e in overhead], cell)
+                note = " from its snapshot" if m.get("resumed") else ""
+                _progress(trial.number, m, cfg.train.epochs, [e for _, e in overhead], cell + note)
                 _training.set()
                 check_ctrl_c()
                 return f"pruned at epoch {m['epoch']}" if prune else None
 
+            snapshot = snapshot_path(study.name, cfg)  # a killed try's epochs, if any
             try:
                 with interruptible():
                     data = cache.get(cfg, with_test=study.final_eval)
-                    result = fit(cfg, data, on_epoch)
+                    result = fit(cfg, data, on_epoch, snapshot=snapshot)
             except torch.cuda.OutOfMemoryError as e:  # this config does not fit: fail it, go on
+                remove(snapshot)  # it would run out of memory again
                 reason = f"out of memory: {str(e).splitlines()[0][:300]}"
                 trial.set_user_attr("fail_reason", reason)
                 mlflow.set_tag("nin.reason", reason)
@@ -249,9 +258,11 @@ def make_objective(
                 keep_trial(study, trial, value, result.model, cfg, data)
             return value
         except KeyboardInterrupt:
-            state = "interrupted"
+            state = "interrupted"  # its snapshot stays (so it does when the store fails)
             raise
         finally:  # a store that fails mid-run: end the run if it still can (not RUNNING)
+            if state in ("complete", "pruned", "diverged"):  # recorded: nothing to resume
+                remove(snapshot_path(study.name, cfg))
             with contextlib.suppress(Exception):
                 mlflow.set_tag("nin.state", state)
             mlflow.end_run(MLFLOW_STATUS[state])

@@ -14,6 +14,8 @@ BLOCKED = ("optuna", "mlflow", "pandas", "plotly", "tqdm", "sqlalchemy", "scipy"
 def test_engine_trains_with_only_torch_importable():
     script = textwrap.dedent(f"""
         import sys
+        import tempfile
+        from pathlib import Path
 
         for name in {BLOCKED!r}:
             sys.modules[name] = None  # "import name" now raises ImportError, as if absent
@@ -30,7 +32,9 @@ def test_engine_trains_with_only_torch_importable():
         x = torch.randint(0, 255, (64, 28, 28), dtype=torch.uint8)
         y = torch.randint(0, 10, (64,))
         data = split_data(x, y, cfg.data, "cpu")
-        print(fit(cfg, data).status, summarize(cfg)["totals"]["params"] > 0,
+        snap = Path(tempfile.mkdtemp()) / "s.pt"  # a snapshot written and resumed from
+        fit(cfg, data, snapshot=snap)
+        print(fit(cfg, data, snapshot=snap).status, summarize(cfg)["totals"]["params"] > 0,
               find_lr(cfg, data).status in ("ok", "no-descent", "diverged-at-once"))
         print(sorted(m for m in sys.modules if m.split(".")[0] in {BLOCKED!r}
                      and sys.modules[m] is not None))
@@ -39,7 +43,7 @@ def test_engine_trains_with_only_torch_importable():
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
     )
     assert res.returncode == 0, res.stderr
-    # the model, data, training, accounting and lr-finder code ran, and nothing else was loaded
+    # the model, data, training (snapshots too), accounting and lr-finder code ran, and nothing else was loaded
     assert res.stdout.splitlines() == ["completed True True", "[]"]
 
 

@@ -1,0 +1,251 @@
+"""Epoch snapshots (snapshot.py): a killed run goes on from its last epoch, bit for bit.
+
+The engine tests interrupt fit() from on_epoch (as Ctrl-C does) and resume it from the file; the
+end-to-end test SIGKILLs an ablation worker mid-cell and compares the resumed cell with the same
+study run without a kill.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+from conftest import squares
+from optuna.trial import TrialState
+from test_ablation import ablation_text, nin_ok
+from test_sweep import _env, runs, trials
+
+from nin_search.config import load_config
+from nin_search.data import split_data
+from nin_search.snapshot import FORMAT, ROOT, snapshot_path
+from nin_search.train import fit
+
+# BatchNorm, dropout and augmentation on: every piece of state a resumed epoch depends on
+# (buffers, the global RNG, the batch-order generator) is exercised
+SMALL = [
+    "model.preset=lin2013",
+    "model.width=0.25",
+    "model.batch_norm=true",
+    "model.dropout=0.3",
+    "data.resize=16",
+    "data.augment=true",
+    "data.val_size=16",
+    "train.batch_size=16",
+    "train.epochs=4",
+]
+TIMES = ("img_per_s", "epoch_time_s")  # measured again by a resumed run's new epochs
+
+
+def config(sets: list[str] = ()):
+    return load_config(overrides=SMALL + list(sets))
+
+
+def data_for(cfg):
+    x, y = squares(80)
+    return split_data(x, y, cfg.data, "cpu")
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_at(epoch: int):
+    """An on_epoch that stops the run as a kill would, at the start of `epoch`'s logging (so
+    the snapshot holds the epoch before it), and records what it was shown."""
+    seen = []
+
+    def on_epoch(m: dict) -> None:
+        seen.append(m)
+        if m["epoch"] == epoch:
+            raise Interrupted
+
+    return on_epoch, seen
+
+
+def without_times(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if k not in TIMES} for h in history]
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+SCHEDULES = [
+    ["train.optimizer=adamw", "train.lr=0.003", "train.schedule=onecycle"],
+    ["train.optimizer=sgd", "train.lr=0.05", "train.momentum=0.9", "train.schedule=cosine",
+     "train.warmup_epochs=1"],
+    ["train.optimizer=sgd", "train.lr=0.05", "train.schedule=step", "train.step_size=1",
+     "train.gamma=0.5"],
+    ["train.optimizer=adam", "train.lr=0.003", "train.schedule=constant", "train.warmup_epochs=1"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("sets", SCHEDULES, ids=["onecycle", "cosine-warmup", "step", "constant"])
+def test_a_resumed_run_equals_the_uninterrupted_one_bit_for_bit(tmp_path, sets):
+    cfg = config(sets)
+    straight = fit(cfg, data_for(cfg))
+    path = tmp_path / "s.pt"
+    on_epoch, _ = interrupt_at(3)
+    with pytest.raises(Interrupted):
+        fit(cfg, data_for(cfg), on_epoch, snapshot=path)
+    # the kill came while epoch 3 was being logged: the file holds epochs 1 and 2
+    assert torch.load(path, weights_only=True)["epoch"] == 2
+    seen = []
+    resumed = fit(cfg, data_for(cfg), seen.append, snapshot=path)
+    # epochs 1-2 replayed to on_epoch (marked), 3-4 trained: the same numbers as never stopping
+    assert [(m["epoch"], m.get("resumed", False)) for m in seen] == [
+        (1, True), (2, True), (3, False), (4, False)
+    ]  # fmt: skip
+    assert resumed.status == "completed"
+    assert without_times(resumed.history) == without_times(straight.history)
+    assert same_weights(resumed.model, straight.model)
+    assert torch.load(path, weights_only=True)["epoch"] == 4  # the caller removes it when done
+
+
+def test_a_finished_snapshot_trains_nothing_and_gives_the_trained_model(tmp_path):
+    cfg = config(["train.epochs=2"])
+    path = tmp_path / "s.pt"
+    first = fit(cfg, data_for(cfg), snapshot=path)
+    seen = []
+    again = fit(cfg, data_for(cfg), seen.append, snapshot=path)
+    assert [m.get("resumed") for m in seen] == [True, True]
+    assert again.history == first.history  # times included: nothing was measured again
+    assert same_weights(again.model, first.model)
+
+
+def test_a_stop_asked_for_while_replaying_stops_the_resumed_run(tmp_path):
+    cfg = config()
+    path = tmp_path / "s.pt"
+    on_epoch, _ = interrupt_at(3)
+    with pytest.raises(Interrupted):
+        fit(cfg, data_for(cfg), on_epoch, snapshot=path)
+    # a pruner that now (other trials having finished) prunes at epoch 1
+    result = fit(cfg, data_for(cfg), lambda m: "pruned at epoch 1", snapshot=path)
+    assert result.status == "stopped" and len(result.history) == 1
+
+
+@pytest.mark.parametrize("change", ["train.lr=0.004", "train.epochs=5", "model.dropout=0.2"])
+def test_another_configs_snapshot_is_not_resumed(tmp_path, capsys, change):
+    cfg = config(["train.optimizer=adamw", "train.lr=0.003"])
+    path = tmp_path / "s.pt"
+    fit(cfg, data_for(cfg), snapshot=path)
+    other = config(["train.optimizer=adamw", "train.lr=0.003", change])
+    seen = []
+    result = fit(other, data_for(other), seen.append, snapshot=path)
+    assert not any(m.get("resumed") for m in seen)  # trained from epoch 1
+    assert without_times(result.history) == without_times(fit(other, data_for(other)).history)
+    assert "another config's; training from epoch 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [b"", b"not a torch file", None])
+def test_an_unreadable_snapshot_is_reported_and_training_starts_over(tmp_path, capsys, content):
+    cfg = config(["train.epochs=2"])
+    path = tmp_path / "s.pt"
+    if content is None:  # a readable torch file that is not a snapshot
+        torch.save({"format": "something else"}, path)
+    else:
+        path.write_bytes(content)
+    seen = []
+    result = fit(cfg, data_for(cfg), seen.append, snapshot=path)
+    assert result.status == "completed" and not any(m.get("resumed") for m in seen)
+    err = capsys.readouterr().err
+    assert str(path) in err and "training from epoch 1" in err
+    assert torch.load(path, weights_only=True)["format"] == FORMAT  # replaced by a real one
+    assert [p.name for p in tmp_path.iterdir()] == ["s.pt"]  # no temporary file left
+
+
+def test_snapshot_paths_differ_by_study_and_config_and_stay_in_their_folder():
+    cfg = config()
+    a = snapshot_path("study", cfg)
+    assert a.parent == ROOT and a.suffix == ".pt"
+    assert a == snapshot_path("study", config())  # the same config: the same file
+    assert a != snapshot_path("other", cfg)
+    assert a != snapshot_path("study", config(["train.seed=1"]))
+    assert snapshot_path("../../../etc/passwd", cfg).parent == ROOT  # a name never escapes
+
+
+# ---- end to end: SIGKILL an ablation worker mid-cell, resume, compare with no kill ----------
+
+
+def _cells(folder: Path, name: str) -> dict[tuple[str, int], list[float]]:
+    return {
+        (t.params["arm"], t.params["train.seed"]): t.user_attrs["val_acc"]
+        for t in trials(folder, name)
+        if t.state == TrialState.COMPLETE
+    }
+
+
+def _snapshot_epoch(folder: Path) -> int:
+    files = list((folder / ROOT).glob("*.pt"))
+    if not files:
+        return 0
+    try:
+        return torch.load(files[0], weights_only=True)["epoch"]
+    except Exception:  # being replaced this instant
+        return 0
+
+
+def test_a_killed_ablation_cell_resumes_from_its_snapshot_with_the_same_result(tmp_path, data):
+    epochs = 30
+    text = ablation_text("snap", data, seeds="[0]").replace("epochs = 2", f"epochs = {epochs}")
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    for folder in (straight, killed):
+        folder.mkdir()
+        (folder / "abl.toml").write_text(text)
+    nin_ok("ablate", "abl.toml", cwd=straight)
+    assert not list((straight / ROOT).glob("*.pt"))  # finished cells leave no snapshot
+
+    beat = {"NIN_SEARCH_HEARTBEAT_S": "1"}  # a silent trial is stale after 3 s
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nin_search", "ablate", "abl.toml"],
+        cwd=killed,
+        env=_env(beat),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while _snapshot_epoch(killed) < 3:
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "no snapshot of epoch 3 within 120 s"
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL mid-cell: no handler runs, the snapshot is all that is left
+    proc.communicate()
+    done_before = len(_cells(killed, "snap"))
+    at = _snapshot_epoch(killed)
+    assert 3 <= at < epochs
+    time.sleep(3.5)
+    res = subprocess.run(
+        [sys.executable, "-m", "nin_search", "ablate", "abl.toml"],
+        cwd=killed,
+        env=_env(beat),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    # the killed cell went on from its snapshot: its replayed epochs are marked in the log
+    replayed = [ln for ln in res.stdout.splitlines() if ln.endswith("from its snapshot")]
+    assert len(replayed) == at, res.stdout
+    # every cell's curve is the uninterrupted study's, to the last digit
+    assert _cells(killed, "snap") == _cells(straight, "snap")
+    assert done_before < 2
+    assert not list((killed / ROOT).glob("*.pt"))  # removed once the cell was recorded
+    # the retry's MLflow run holds the whole curve and says how much of it it replayed
+    df = runs(killed, "snap")
+    retry = df[df["tags.nin.resumed_epochs"].notna()]
+    assert len(retry) == 1 and int(retry["tags.nin.resumed_epochs"].item()) == at
+    history = mlflow.MlflowClient().get_metric_history(retry["run_id"].item(), "val_acc")
+    arm = retry["tags.nin.arm"].item()
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == _cells(killed, "snap")[
+        (arm, 0)
+    ]
+    cells = pd.read_csv(killed / "reports" / "snap" / "cells.csv")
+    assert len(cells[cells["state"] == "complete"]) == 2
