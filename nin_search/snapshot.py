@@ -1,6 +1,6 @@
 """Epoch snapshots: what a killed trial or ablation cell resumes from instead of epoch 1.
 
-    path = snapshot_path(study.name, cfg)   # mlruns/snapshots/<hash of study and config>.pt
+    path = snapshot_path(scope, cfg, snapshot_dir(store_file))  # <dir>/<hash>.pt
     result = fit(cfg, data, on_epoch, snapshot=path)   # saves after every epoch, resumes if there
     remove(path)                             # once the trial is recorded in Optuna and MLflow
 
@@ -14,11 +14,13 @@ trial's) loads it, replays the finished epochs to on_epoch (so its new MLflow ru
 hold the whole curve) and trains on from the next epoch. On the CPU the result is bit for bit the
 uninterrupted run's (tests/test_snapshot.py); on CUDA, as deterministic as the kernels are.
 
-The file's name hashes the study's name and the whole resolved config, and the file holds the
-config too: a snapshot from another config (more epochs, another lr) is never resumed. Files are
-written to a temporary name and renamed, so a kill mid-write leaves the previous epoch's. They are
-local files: a trial retried on another machine starts over. Loaded with weights_only=True.
-Imports only torch.
+The file's name hashes the scope (the study's store and name) and the whole resolved config, and
+the file holds the config too: a snapshot from another config (more epochs, another lr) is never
+resumed. The files live beside a file store (mlruns/snapshots/ for the default SQLite one) and,
+for a database server, in the user's cache (~/.cache/nin-search/snapshots/), never in a fleet
+worker's working directory. Files are written to a temporary name and renamed, so a kill
+mid-write leaves the previous epoch's. They are local files: a trial retried on another machine
+starts over. Loaded with weights_only=True. Imports only torch.
 """
 
 from __future__ import annotations
@@ -34,12 +36,21 @@ import torch
 
 from nin_search.config import Config, flatten
 
-ROOT = Path("mlruns/snapshots")  # git-ignored with the rest of mlruns/
 FORMAT = "nin-search-snapshot/1"
 
 
-def snapshot_path(scope: str, cfg: Config, root: Path = ROOT) -> Path:
-    """The file for cfg within scope (a study's name): a hash, so no name can leave root."""
+def snapshot_dir(store_file: Path | None) -> Path:
+    """Beside an SQLite or journal file (git-ignored in mlruns/ by default); for a database
+    server, $XDG_CACHE_HOME/nin-search/snapshots (~/.cache unless set)."""
+    if store_file is not None:
+        return store_file.parent / "snapshots"
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "nin-search" / "snapshots"
+
+
+def snapshot_path(scope: str, cfg: Config, root: Path) -> Path:
+    """The file for cfg within scope (a study's store and name): a hash, so no name can leave
+    root."""
     blob = json.dumps({"scope": scope, "config": flatten(cfg)}, sort_keys=True, default=str)
     return root / f"{hashlib.sha256(blob.encode()).hexdigest()[:24]}.pt"
 

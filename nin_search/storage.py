@@ -34,6 +34,7 @@ from nin_search.config import ConfigError
 from nin_search.tracking import mask
 
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
+JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")  # a storage path ending so is a journal file
 LOCK_SUFFIX = ".nin-lock"  # not .lock: Optuna's journal lock is a symlink named FILE.lock
 
 
@@ -161,7 +162,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     beat = heartbeat_s()  # before anything is created, and never blamed on --storage
     try:
-        if url.startswith("journal:") or url.endswith((".log", ".journal", ".jsonl")):
+        if url.startswith("journal:") or url.endswith(JOURNAL_SUFFIXES):
             path = url.removeprefix("journal:")
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
@@ -189,6 +190,19 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         raise ConfigError(f"--storage {mask(url)} cannot be opened: {first[:300]}") from None
 
 
+def store_file(url: str) -> Path | None:
+    """The resolved path of an SQLite database or a journal file; None for a database server
+    (or an in-memory SQLite database)."""
+    if url.startswith("journal:") or url.endswith(JOURNAL_SUFFIXES):
+        return Path(url.removeprefix("journal:")).resolve()
+    if url.startswith("sqlite:"):
+        from sqlalchemy.engine import make_url
+
+        db = make_url(url).database
+        return Path(db).resolve() if db and db != ":memory:" else None
+    return None
+
+
 def _lock_target(store) -> tuple[str, str] | None:
     """(kind, where) of the lock that guards a store (a URL or an Optuna storage): a lock file
     beside an SQLite database or a journal file, or the database server itself."""
@@ -199,15 +213,9 @@ def _lock_target(store) -> tuple[str, str] | None:
         return "file", str(Path(backend._file_path).resolve()) + LOCK_SUFFIX
     if not isinstance(store, str):
         return None
-    if store.startswith("journal:") or store.endswith((".log", ".journal", ".jsonl")):
-        return "file", str(Path(store.removeprefix("journal:")).resolve()) + LOCK_SUFFIX
-    if store.startswith("sqlite:"):
-        from sqlalchemy.engine import make_url
-
-        db = make_url(store).database
-        if not db or db == ":memory:":
-            return None
-        return "file", str(Path(db).resolve()) + LOCK_SUFFIX
+    if store.startswith(("journal:", "sqlite:")) or store.endswith(JOURNAL_SUFFIXES):
+        file = store_file(store)
+        return ("file", str(file) + LOCK_SUFFIX) if file else None
     if store.startswith(("postgresql", "mysql")):
         return "sql", store
     return None  # http(s):// (an MLflow server serializes its own writes), or unknown
@@ -327,7 +335,7 @@ class StoreLock:
 def store_exists(url: str) -> bool:
     """False for an SQLite database or a journal file that does not exist yet: a command that
     only reads (report) must not create one. Servers (PostgreSQL, ...) count as existing."""
-    if url.startswith("journal:") or url.endswith((".log", ".journal", ".jsonl")):
+    if url.startswith("journal:") or url.endswith(JOURNAL_SUFFIXES):
         return Path(url.removeprefix("journal:")).is_file()
     if url.startswith("sqlite:"):
         from sqlalchemy.engine import make_url

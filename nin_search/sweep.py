@@ -129,7 +129,7 @@ def run_worker(
 ) -> int:
     """Run trials in this process until the study holds `target` finished ones."""
     ostudy, exp_id, parent = _open(study, url, worker=True)
-    objective = make_objective(study, exp_id, parent, lr_range, DataCache(), extra_tags)
+    objective = make_objective(study, url, exp_id, parent, lr_range, DataCache(), extra_tags)
     # over-budget samples cost no training and do not count: allow many of them
     most = (30 if study.constraints else 3) * target
     report = lambda s, t: _report_trial(study, s, t)  # noqa: E731

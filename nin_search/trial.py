@@ -1,6 +1,6 @@
 """One trial of a sweep or one cell of an ablation: sample -> config -> fit -> MLflow -> Optuna.
 
-    objective = make_objective(study, exp_id, parent_run_id, lr_range, DataCache())
+    objective = make_objective(study, url, exp_id, parent_run_id, lr_range, DataCache())
     ostudy.optimize(objective, catch=(TrialRejected,))
 
 make_objective returns the Optuna objective. Each call samples the trial's values (an ablation
@@ -28,10 +28,11 @@ from nin_search.accounting import summarize
 from nin_search.config import ConfigError, flatten
 from nin_search.data import Data, load_data
 from nin_search.model import check_input_size
-from nin_search.snapshot import remove, snapshot_path
+from nin_search.snapshot import remove, snapshot_dir, snapshot_path
 from nin_search.space import Param
+from nin_search.storage import store_file
 from nin_search.study import OBJECTIVES, Study, with_params
-from nin_search.tracking import run_tags
+from nin_search.tracking import mask, run_tags
 from nin_search.train import evaluate, fit, resolve_device, resolved
 
 MLFLOW_STATUS = {
@@ -126,6 +127,7 @@ class DataCache:
 
 def make_objective(
     study: Study,
+    url: str,
     exp_id: str,
     parent: str,
     lr_range,
@@ -134,6 +136,8 @@ def make_objective(
 ):
     metric, _, reduce = OBJECTIVES[study.objective]
     multi = pareto.is_multi(study)  # Optuna prunes single-objective studies only
+    file = store_file(url)  # the snapshots of killed trials: beside it, or the user's cache
+    scope, root = f"{file or mask(url)}\n{study.name}", snapshot_dir(file)
 
     def objective(trial: optuna.Trial) -> float:
         if study.arms:
@@ -211,7 +215,7 @@ def make_objective(
                 check_ctrl_c()
                 return f"pruned at epoch {m['epoch']}" if prune else None
 
-            snapshot = snapshot_path(study.name, cfg)  # a killed try's epochs, if any
+            snapshot = snapshot_path(scope, cfg, root)  # a killed try's epochs, if any
             try:
                 with interruptible():
                     data = cache.get(cfg, with_test=study.final_eval)
@@ -262,7 +266,7 @@ def make_objective(
             raise
         finally:  # a store that fails mid-run: end the run if it still can (not RUNNING)
             if state in ("complete", "pruned", "diverged"):  # recorded: nothing to resume
-                remove(snapshot_path(study.name, cfg))
+                remove(snapshot_path(scope, cfg, root))
             with contextlib.suppress(Exception):
                 mlflow.set_tag("nin.state", state)
             mlflow.end_run(MLFLOW_STATUS[state])

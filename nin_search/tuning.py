@@ -222,7 +222,7 @@ def _search(
     tune = tuning_study(study, arm, spec)
     ostudy = open_study(tune, url)
     tags = {"nin.role": "tuning", "nin.arm": arm}
-    objective = make_objective(tune, exp_id, parent, None, cache, tags)
+    objective = make_objective(tune, url, exp_id, parent, None, cache, tags)
 
     def report(_s: optuna.Study, t) -> None:
         value = (

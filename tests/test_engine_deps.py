@@ -43,7 +43,8 @@ def test_engine_trains_with_only_torch_importable():
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
     )
     assert res.returncode == 0, res.stderr
-    # the model, data, training (snapshots too), accounting and lr-finder code ran, and nothing else was loaded
+    # the model, data, training (snapshots too), accounting and lr-finder code ran, and
+    # nothing else was loaded
     assert res.stdout.splitlines() == ["completed True True", "[]"]
 
 

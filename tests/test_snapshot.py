@@ -23,7 +23,8 @@ from test_sweep import _env, runs, trials
 
 from nin_search.config import load_config
 from nin_search.data import split_data
-from nin_search.snapshot import FORMAT, ROOT, snapshot_path
+from nin_search.snapshot import FORMAT, snapshot_dir, snapshot_path
+from nin_search.storage import store_file
 from nin_search.train import fit
 
 # BatchNorm, dropout and augmentation on: every piece of state a resumed epoch depends on
@@ -40,6 +41,7 @@ SMALL = [
     "train.epochs=4",
 ]
 TIMES = ("img_per_s", "epoch_time_s")  # measured again by a resumed run's new epochs
+ROOT = Path("mlruns/snapshots")  # beside the default store, mlruns/optuna.db
 
 
 def config(sets: list[str] = ()):
@@ -161,14 +163,28 @@ def test_an_unreadable_snapshot_is_reported_and_training_starts_over(tmp_path, c
     assert [p.name for p in tmp_path.iterdir()] == ["s.pt"]  # no temporary file left
 
 
-def test_snapshot_paths_differ_by_study_and_config_and_stay_in_their_folder():
+def test_snapshot_paths_differ_by_study_and_config_and_stay_in_their_folder(tmp_path):
     cfg = config()
-    a = snapshot_path("study", cfg)
-    assert a.parent == ROOT and a.suffix == ".pt"
-    assert a == snapshot_path("study", config())  # the same config: the same file
-    assert a != snapshot_path("other", cfg)
-    assert a != snapshot_path("study", config(["train.seed=1"]))
-    assert snapshot_path("../../../etc/passwd", cfg).parent == ROOT  # a name never escapes
+    a = snapshot_path("study", cfg, tmp_path)
+    assert a.parent == tmp_path and a.suffix == ".pt"
+    assert a == snapshot_path("study", config(), tmp_path)  # the same config: the same file
+    assert a != snapshot_path("other", cfg, tmp_path)
+    assert a != snapshot_path("study", config(["train.seed=1"]), tmp_path)
+    assert snapshot_path("../../../etc/passwd", cfg, tmp_path).parent == tmp_path  # never escapes
+
+
+def test_snapshots_live_beside_a_file_store_and_in_the_cache_for_a_server(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # the default store: mlruns/snapshots, git-ignored with the rest of mlruns/
+    assert snapshot_dir(store_file("sqlite:///mlruns/optuna.db")) == tmp_path / "mlruns/snapshots"
+    assert snapshot_dir(store_file("journal:runs/s.log")) == tmp_path / "runs" / "snapshots"
+    assert snapshot_dir(store_file("runs/s.jsonl")) == tmp_path / "runs" / "snapshots"
+    # a server: nothing in the working directory (fleet workers keep no local store)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    pg = store_file("postgresql://u:secret@db/optuna")
+    assert pg is None and snapshot_dir(pg) == tmp_path / "cache" / "nin-search" / "snapshots"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert snapshot_dir(None) == Path.home() / ".cache" / "nin-search" / "snapshots"
 
 
 # ---- end to end: SIGKILL an ablation worker mid-cell, resume, compare with no kill ----------
