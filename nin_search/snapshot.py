@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -55,69 +56,86 @@ def snapshot_path(scope: str, cfg: Config, root: Path) -> Path:
     return root / f"{hashlib.sha256(blob.encode()).hexdigest()[:24]}.pt"
 
 
-def _rng(device: torch.device) -> dict:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+def _fingerprint(cfg: Config, device: torch.device) -> str:
+    """What a snapshot must have been written for: this config, on this kind of device (a CUDA
+    generator's state means nothing to a CPU one), by this torch."""
+    what = {"config": flatten(cfg), "device": device.type, "torch": torch.__version__}
+    return json.dumps(what, sort_keys=True, default=str)
 
 
-def save(path: Path, cfg: Config, epoch: int, history: list[dict], model, opt, sched, gen) -> None:
-    """The state after `epoch` finished, replacing the previous snapshot atomically."""
+def _say(path: Path, what: str) -> None:
+    print(f"snapshot {path}: {what}", file=sys.stderr, flush=True)
+
+
+def _first(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def save(path: Path, cfg: Config, epoch: int, history: list[dict], model, opt, sched, gen) -> bool:
+    """The state after `epoch` finished, replacing the previous snapshot atomically. A snapshot
+    is a convenience: a full disk or a folder it cannot write is one line on stderr and False
+    (the run goes on, a kill would cost it its epochs), never a failed run."""
     device = gen.device
     state = {
         "format": FORMAT,
-        "config": json.dumps(flatten(cfg), sort_keys=True, default=str),
+        "fingerprint": _fingerprint(cfg, device),
         "epoch": epoch,
         "history": [dict(h) for h in history],
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
         "schedule": sched.state_dict(),
         "generator": gen.get_state(),
-        "rng": _rng(device),
+        "rng": {"cpu": torch.get_rng_state()}
+        | ({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = None
     try:
-        torch.save(state, tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
         os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
+        return True
+    except (OSError, RuntimeError) as e:  # RuntimeError: torch's writer on a full disk
+        _say(path, f"not saved ({_first(e)}); this run goes on without snapshots")
+        return False
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        if tmp:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
 
-def load(path: Path, cfg: Config) -> dict | None:
-    """The snapshot at path if it was written for exactly cfg, else None (with a line on stderr
-    when a file is there but cannot be used: the run then starts at epoch 1, as before)."""
+def resume(path: Path, cfg: Config, model, opt, sched, gen) -> list[dict] | None:
+    """Restore the snapshot at path into the freshly built objects and return the history of
+    its epochs: [] when there is none for exactly this config and device (a line on stderr when
+    a file is there but unusable), None when restoring failed part-way (the file is removed: the
+    caller builds the objects again and trains from epoch 1)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        return None
+    except (FileNotFoundError, NotADirectoryError):  # none yet: the usual case
+        return []
     except Exception as e:  # a truncated or foreign file: start over rather than fail the run
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        print(f"snapshot {path} unreadable ({first}); training from epoch 1", file=sys.stderr)
-        return None
-    config = json.dumps(flatten(cfg), sort_keys=True, default=str)
+        _say(path, f"unreadable ({_first(e)}); training from epoch 1")
+        return []
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        print(f"snapshot {path} is not a {FORMAT} file; training from epoch 1", file=sys.stderr)
+        _say(path, f"not a {FORMAT} file; training from epoch 1")
+        return []
+    if state.get("fingerprint") != _fingerprint(cfg, gen.device):  # a hash collision, another
+        _say(path, "another config's, device's or torch's; training from epoch 1")  # machine
+        return []
+    try:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])  # moves its tensors to the parameters' device
+        sched.load_state_dict(state["schedule"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["rng"]["cpu"])
+        if gen.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], gen.device)
+        return list(state["history"])
+    except Exception as e:  # the model's code changed since it was written, say
+        _say(path, f"cannot be restored ({_first(e)}); removed, training from epoch 1")
+        remove(path)
         return None
-    if state.get("config") != config:  # a hash collision, or a file copied by hand
-        print(f"snapshot {path} is another config's; training from epoch 1", file=sys.stderr)
-        return None
-    return state
-
-
-def restore(state: dict, model, opt, sched, gen) -> list[dict]:
-    """Put the snapshot's state into the freshly built objects; returns its history."""
-    device = gen.device
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])  # moves its tensors to the parameters' device
-    sched.load_state_dict(state["schedule"])
-    gen.set_state(state["generator"])
-    torch.set_rng_state(state["rng"]["cpu"])
-    if device.type == "cuda" and "cuda" in state["rng"]:
-        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-    return state["history"]
 
 
 def remove(path: Path) -> None:

@@ -183,6 +183,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _start(cfg: Config, data: Data, steps: int):
+    """The seeded generator, model, optimizer and schedule of a run's first step."""
+    t, device = cfg.train, data.train_x.device
+    torch.manual_seed(t.seed)  # weight init and dropout
+    gen = torch.Generator(device=device).manual_seed(t.seed)  # batch order and augmentation
+    # channels_last on both devices: cuDNN's and oneDNN's fastest convolutions for this network
+    # (2-core CPU: 1.25-1.72x less time per fp32 step than NCHW; benchmarks/memory_format.py)
+    model = build_model(cfg.model, data.input_size, 1, data.num_classes)
+    model = model.to(device, memory_format=torch.channels_last)
+    opt = make_optimizer(t, model.parameters())
+    return gen, model, opt, make_schedule(t, opt, steps)
+
+
 def fit(
     cfg: Config,
     data: Data,
@@ -199,31 +212,25 @@ def fit(
     precision = resolve_precision(t.precision, device)
     if device.type == "cpu":
         keep_cpu_memory()  # reuse the step's large buffers (cpu_memory.py)
-    torch.manual_seed(t.seed)  # weight init and dropout
-    gen = torch.Generator(device=device).manual_seed(t.seed)  # batch order and augmentation
-    # channels_last on both devices: cuDNN's and oneDNN's fastest convolutions for this network
-    # (2-core CPU: 1.25-1.72x less time per fp32 step than NCHW; benchmarks/memory_format.py)
-    model = build_model(cfg.model, data.input_size, 1, data.num_classes)
-    model = model.to(device, memory_format=torch.channels_last)
+    images = train_images(len(data.train_x), t.batch_size)  # a lone last image is dropped
+    steps = math.ceil(images / t.batch_size)
+    gen, model, opt, sched = _start(cfg, data, steps)
+    done = snapshots.resume(snapshot, cfg, model, opt, sched, gen) if snapshot else []
+    if done is None:  # restoring failed part-way: begin again from freshly seeded objects
+        gen, model, opt, sched = _start(cfg, data, steps)
+        done = []
     if cuda:
         torch.backends.cudnn.benchmark = True
     step_model = torch.compile(model) if (t.compile and cuda) else model
-    opt = make_optimizer(t, model.parameters())
-    images = train_images(len(data.train_x), t.batch_size)  # a lone last image is dropped
-    steps = math.ceil(images / t.batch_size)
-    sched = make_schedule(t, opt, steps)
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     check_every = CUDA_CHECK_EVERY if cuda else 1  # on the CPU a check costs nothing
     result = FitResult("completed", model=model, device=str(device), precision=precision)
-    state = snapshots.load(snapshot, cfg) if snapshot else None
-    if state:  # a killed run of this config got this far: its epochs are not trained again
-        for m in snapshots.restore(state, model, opt, sched, gen):
-            result.history.append(m)
-            stop = on_epoch(m | {"resumed": True}) if on_epoch else None
-            if stop:
-                result.status, result.reason = "stopped", stop
-                break
-        del state  # the snapshot's tensors: a model's worth of memory
+    for m in done:  # a killed run of this config got this far: these epochs are not trained again
+        result.history.append(m)
+        stop = on_epoch(m | {"resumed": True}) if on_epoch else None
+        if stop:
+            result.status, result.reason = "stopped", stop
+            break
     first = len(result.history) + 1 if result.status == "completed" else t.epochs + 1
 
     for epoch in range(first, t.epochs + 1):
@@ -292,6 +299,7 @@ def fit(
             result.status, result.reason = "stopped", stop
             break
         if snapshot:  # after on_epoch logged the epoch: a resumed run replays what was logged
-            snapshots.save(snapshot, cfg, epoch, result.history, model, opt, sched, gen)
+            if not snapshots.save(snapshot, cfg, epoch, result.history, model, opt, sched, gen):
+                snapshot = None  # it said why, once
     release_cpu_memory()
     return result

@@ -242,7 +242,6 @@ def make_objective(
                 trial.set_user_attr("pruned_epoch", epoch)
                 mlflow.set_tag("nin.pruned_epoch", epoch)
                 raise optuna.TrialPruned(result.reason)
-            state = "complete"
             value = reduce([h[metric] for h in result.history])
             mlflow.log_metric(f"objective_{study.objective}", value)
             if multi:  # every objective, in the study file's order
@@ -260,13 +259,17 @@ def make_objective(
                 from nin_search.checkpoint import keep_trial
 
                 keep_trial(study, trial, value, result.model, cfg, data)
+            state = "complete"  # only now: a failure above keeps the snapshot for the rerun
             return value
         except KeyboardInterrupt:
-            state = "interrupted"  # its snapshot stays (so it does when the store fails)
+            state = "interrupted"  # an ablation reruns the cell from its snapshot; a sweep
+            if not study.arms and cfg is not None:  # does not rerun it: nothing would read it
+                remove(snapshot_path(scope, cfg, root))
             raise
         finally:  # a store that fails mid-run: end the run if it still can (not RUNNING)
-            if state in ("complete", "pruned", "diverged"):  # recorded: nothing to resume
-                remove(snapshot_path(scope, cfg, root))
+            if state in ("complete", "pruned", "diverged"):  # its result is in: nothing to
+                remove(snapshot_path(scope, cfg, root))  # resume (a SIGKILL in the instant
+                # before Optuna records it costs the retry its epochs, nothing else)
             with contextlib.suppress(Exception):
                 mlflow.set_tag("nin.state", state)
             mlflow.end_run(MLFLOW_STATUS[state])

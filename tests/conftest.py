@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +30,19 @@ def write_idx(path: Path, t: torch.Tensor) -> Path:
     raw = idx_bytes(t)
     path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache(tmp_path_factory):
+    """The tests' own $XDG_CACHE_HOME, inherited by the commands they start: studies on a
+    database server keep their snapshots there (snapshot.py), not in the user's ~/.cache."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
 
 
 @pytest.fixture

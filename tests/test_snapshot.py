@@ -7,6 +7,8 @@ study run without a kill.
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import sys
 import time
@@ -19,7 +21,7 @@ import torch
 from conftest import squares
 from optuna.trial import TrialState
 from test_ablation import ablation_text, nin_ok
-from test_sweep import _env, runs, trials
+from test_sweep import _env, runs, start_sweep, trials, write_study
 
 from nin_search.config import load_config
 from nin_search.data import split_data
@@ -143,7 +145,8 @@ def test_another_configs_snapshot_is_not_resumed(tmp_path, capsys, change):
     result = fit(other, data_for(other), seen.append, snapshot=path)
     assert not any(m.get("resumed") for m in seen)  # trained from epoch 1
     assert without_times(result.history) == without_times(fit(other, data_for(other)).history)
-    assert "another config's; training from epoch 1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "another config's, device's or torch's; training from epoch 1" in err
 
 
 @pytest.mark.parametrize("content", [b"", b"not a torch file", None])
@@ -161,6 +164,58 @@ def test_an_unreadable_snapshot_is_reported_and_training_starts_over(tmp_path, c
     assert str(path) in err and "training from epoch 1" in err
     assert torch.load(path, weights_only=True)["format"] == FORMAT  # replaced by a real one
     assert [p.name for p in tmp_path.iterdir()] == ["s.pt"]  # no temporary file left
+
+
+def _tamper(path: Path, change) -> None:
+    state = torch.load(path, weights_only=True)
+    change(state)
+    torch.save(state, path)
+
+
+def _other_device(state: dict) -> None:
+    what = json.loads(state["fingerprint"])
+    state["fingerprint"] = json.dumps(what | {"device": "cuda"}, sort_keys=True)
+
+
+def test_a_snapshot_from_another_kind_of_device_is_not_resumed(tmp_path, capsys):
+    # a CUDA generator's state means nothing to a CPU one (an NFS home shares ~/.cache)
+    cfg = config(["train.epochs=2"])
+    path = tmp_path / "s.pt"
+    fit(cfg, data_for(cfg), snapshot=path)
+    _tamper(path, _other_device)
+    seen = []
+    result = fit(cfg, data_for(cfg), seen.append, snapshot=path)
+    assert result.status == "completed" and not any(m.get("resumed") for m in seen)
+    assert "another config's, device's or torch's" in capsys.readouterr().err
+
+
+def test_a_snapshot_that_cannot_be_restored_is_removed_and_the_run_starts_over(tmp_path, capsys):
+    # as when the model's code changed between the kill and the rerun: a layer it lacks
+    cfg = config(["train.optimizer=adamw", "train.lr=0.003"])
+    straight = fit(cfg, data_for(cfg))
+    path = tmp_path / "s.pt"
+    on_epoch, _ = interrupt_at(3)
+    with pytest.raises(Interrupted):
+        fit(cfg, data_for(cfg), on_epoch, snapshot=path)
+    _tamper(path, lambda state: state["model"].popitem())
+    seen = []
+    result = fit(cfg, data_for(cfg), seen.append, snapshot=path)
+    err = capsys.readouterr().err
+    assert "cannot be restored" in err and "removed, training from epoch 1" in err, err
+    # trained from freshly seeded objects, not from a half-restored model
+    assert not any(m.get("resumed") for m in seen) and len(seen) == 4
+    assert without_times(result.history) == without_times(straight.history)
+    assert same_weights(result.model, straight.model)
+
+
+def test_a_snapshot_that_cannot_be_written_warns_once_and_the_run_goes_on(tmp_path, capsys):
+    cfg = config()
+    (tmp_path / "file").write_text("in the way")
+    path = tmp_path / "file" / "s.pt"  # its folder cannot be made: a file is there
+    result = fit(cfg, data_for(cfg), snapshot=path)
+    assert result.status == "completed" and len(result.history) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not saved" in err[0] and "goes on without snapshots" in err[0]
 
 
 def test_snapshot_paths_differ_by_study_and_config_and_stay_in_their_folder(tmp_path):
@@ -227,11 +282,7 @@ def test_a_killed_ablation_cell_resumes_from_its_snapshot_with_the_same_result(t
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 120
-    while _snapshot_epoch(killed) < 3:
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline, "no snapshot of epoch 3 within 120 s"
-        time.sleep(0.05)
+    _wait_for_snapshot(proc, killed, 3)
     proc.kill()  # SIGKILL mid-cell: no handler runs, the snapshot is all that is left
     proc.communicate()
     done_before = len(_cells(killed, "snap"))
@@ -265,3 +316,46 @@ def test_a_killed_ablation_cell_resumes_from_its_snapshot_with_the_same_result(t
     ]
     cells = pd.read_csv(killed / "reports" / "snap" / "cells.csv")
     assert len(cells[cells["state"] == "complete"]) == 2
+
+
+def _wait_for_snapshot(proc: subprocess.Popen, folder: Path, epoch: int) -> None:
+    deadline = time.monotonic() + 120
+    while _snapshot_epoch(folder) < epoch:
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, f"no snapshot of epoch {epoch} within 120 s"
+        time.sleep(0.05)
+
+
+def test_an_interrupted_sweep_trial_leaves_no_snapshot(tmp_path, data):
+    # a sweep never reruns an interrupted trial: a file would only take disk space
+    write_study(tmp_path, "ctrlc", data, n_trials=1, settings={"train.epochs": 100})
+    proc = start_sweep("study.toml", cwd=tmp_path)
+    _wait_for_snapshot(proc, tmp_path, 1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (130, -signal.SIGINT), err
+    assert not list((tmp_path / ROOT).glob("*.pt"))
+
+
+def test_a_sigtermed_ablation_cell_keeps_its_snapshot_and_the_rerun_goes_on(tmp_path, data):
+    # SIGTERM (Slurm, systemd, kill) stops the cell; the rerun reruns it from its last epoch
+    text = ablation_text("term", data, seeds="[0]").replace("epochs = 2", "epochs = 12")
+    (tmp_path / "abl.toml").write_text(text)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nin_search", "ablate", "abl.toml"],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_snapshot(proc, tmp_path, 2)
+    proc.terminate()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    at = _snapshot_epoch(tmp_path)
+    assert at >= 2  # kept
+    res = nin_ok("ablate", "abl.toml", cwd=tmp_path)
+    replayed = [ln for ln in res.stdout.splitlines() if ln.endswith("from its snapshot")]
+    assert len(replayed) == at, res.stdout
+    assert not list((tmp_path / ROOT).glob("*.pt"))
