@@ -161,12 +161,13 @@ def make_objective(
                 tags["nin.lr_how"] = study.lr_how[arm][:5000]
             run_name = f"{arm} seed {seed}"
         cell = f" ({run_name})" if "arm" in values else ""
-        reason, cfg = "", None
+        reason, cfg, snapshot = "", None, None
         try:
             cfg = with_params(study, values, f"{study.path}: trial {trial.number}")
             cfg = resolved(cfg)  # train.precision as it runs, in the params and the fit
             check_input_size(cfg.model, cfg.data.resize or 28)
             size = summarize(cfg)["totals"]
+            snapshot = snapshot_path(scope, cfg, root)  # a killed try's epochs, if any
         except ConfigError as e:
             reason = str(e)
         over = pareto.budget(study, trial, size) if not reason else ""  # sets its constraints
@@ -194,14 +195,12 @@ def make_objective(
                 mlflow.set_tag("nin.reason", over)
                 raise optuna.TrialPruned(over)
             overhead = []
-            resumed = []  # the epochs a killed try of this cell trained (snapshot.py)
 
             def on_epoch(m: dict) -> str | None:
                 _training.clear()  # a Ctrl-C waits until this epoch is logged
                 start = time.perf_counter()
-                if m.get("resumed"):
-                    resumed.append(m["epoch"])
-                    mlflow.set_tag("nin.resumed_epochs", len(resumed))
+                if m.get("resumed"):  # replayed from 1: its epoch is the count so far
+                    mlflow.set_tag("nin.resumed_epochs", m["epoch"])
                 logged = {k: v for k, v in m.items() if k not in ("epoch", "resumed")}
                 mlflow.log_metrics(logged, step=m["epoch"])
                 prune = False
@@ -215,7 +214,6 @@ def make_objective(
                 check_ctrl_c()
                 return f"pruned at epoch {m['epoch']}" if prune else None
 
-            snapshot = snapshot_path(scope, cfg, root)  # a killed try's epochs, if any
             try:
                 with interruptible():
                     data = cache.get(cfg, with_test=study.final_eval)
@@ -263,12 +261,12 @@ def make_objective(
             return value
         except KeyboardInterrupt:
             state = "interrupted"  # an ablation reruns the cell from its snapshot; a sweep
-            if not study.arms and cfg is not None:  # does not rerun it: nothing would read it
-                remove(snapshot_path(scope, cfg, root))
+            if not study.arms and snapshot:  # does not rerun it: nothing would read it
+                remove(snapshot)
             raise
         finally:  # a store that fails mid-run: end the run if it still can (not RUNNING)
             if state in ("complete", "pruned", "diverged"):  # its result is in: nothing to
-                remove(snapshot_path(scope, cfg, root))  # resume (a SIGKILL in the instant
+                remove(snapshot)  # resume (a SIGKILL in the instant
                 # before Optuna records it costs the retry its epochs, nothing else)
             with contextlib.suppress(Exception):
                 mlflow.set_tag("nin.state", state)

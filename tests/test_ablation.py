@@ -122,19 +122,19 @@ def ablation_text(name: str, data: Path, seeds="[0, 1]", arms=None, top="") -> s
     return "\n".join(lines) + "\n"
 
 
-def nin(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+def nin(*args: str, cwd: Path, timeout: int = 300, env=None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "nin_search", *args],
         cwd=cwd,
-        env=_env(),
+        env=_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
 
 
-def nin_ok(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    res = nin(*args, cwd=cwd)
+def nin_ok(*args: str, cwd: Path, env=None) -> subprocess.CompletedProcess:
+    res = nin(*args, cwd=cwd, env=env)
     assert res.returncode == 0, res.stdout + res.stderr
     return res
 

@@ -253,6 +253,18 @@ def _cells(folder: Path, name: str) -> dict[tuple[str, int], list[float]]:
     }
 
 
+def _start_ablate(cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """`ablate abl.toml` in the background, its stderr kept for a failure's message."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "nin_search", "ablate", "abl.toml"],
+        cwd=cwd,
+        env=_env(env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def _snapshot_epoch(folder: Path) -> int:
     files = list((folder / ROOT).glob("*.pt"))
     if not files:
@@ -274,14 +286,7 @@ def test_a_killed_ablation_cell_resumes_from_its_snapshot_with_the_same_result(t
     assert not list((straight / ROOT).glob("*.pt"))  # finished cells leave no snapshot
 
     beat = {"NIN_SEARCH_HEARTBEAT_S": "1"}  # a silent trial is stale after 3 s
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nin_search", "ablate", "abl.toml"],
-        cwd=killed,
-        env=_env(beat),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start_ablate(killed, beat)
     _wait_for_snapshot(proc, killed, 3)
     proc.kill()  # SIGKILL mid-cell: no handler runs, the snapshot is all that is left
     proc.communicate()
@@ -289,15 +294,7 @@ def test_a_killed_ablation_cell_resumes_from_its_snapshot_with_the_same_result(t
     at = _snapshot_epoch(killed)
     assert 3 <= at < epochs
     time.sleep(3.5)
-    res = subprocess.run(
-        [sys.executable, "-m", "nin_search", "ablate", "abl.toml"],
-        cwd=killed,
-        env=_env(beat),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr
+    res = nin_ok("ablate", "abl.toml", cwd=killed, env=beat)
     # the killed cell went on from its snapshot: its replayed epochs are marked in the log
     replayed = [ln for ln in res.stdout.splitlines() if ln.endswith("from its snapshot")]
     assert len(replayed) == at, res.stdout
@@ -341,14 +338,7 @@ def test_a_sigtermed_ablation_cell_keeps_its_snapshot_and_the_rerun_goes_on(tmp_
     # SIGTERM (Slurm, systemd, kill) stops the cell; the rerun reruns it from its last epoch
     text = ablation_text("term", data, seeds="[0]").replace("epochs = 2", "epochs = 12")
     (tmp_path / "abl.toml").write_text(text)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nin_search", "ablate", "abl.toml"],
-        cwd=tmp_path,
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start_ablate(tmp_path)
     _wait_for_snapshot(proc, tmp_path, 2)
     proc.terminate()
     _, err = proc.communicate(timeout=60)
