@@ -139,6 +139,19 @@ def nin_ok(*args: str, cwd: Path, env=None) -> subprocess.CompletedProcess:
     return res
 
 
+def start_nin(*args: str, cwd: Path, env=None, stdout=subprocess.PIPE) -> subprocess.Popen:
+    """The CLI in the background, its stderr kept for a failure's message; stdout=DEVNULL for a
+    run nobody reads, whose output would otherwise fill the pipe and stall it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "nin_search", *args],
+        cwd=cwd,
+        env=_env(env),
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 # --- a tiny 2-arm x 2-seed ablation through the CLI ----------------------------------------
 
 
@@ -433,27 +446,12 @@ def test_killed_ablation_worker_cell_is_retried_under_its_own_arm(tmp_path, data
     text = ablation_text("kill", data, seeds="[0]").replace("epochs = 2", "epochs = 40")
     (tmp_path / "abl.toml").write_text(text)
     beat = {"NIN_SEARCH_HEARTBEAT_S": "1"}  # a silent trial is stale after 3 s
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nin_search", "ablate", "abl.toml"],
-        cwd=tmp_path,
-        env=_env(beat),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_nin("ablate", "abl.toml", cwd=tmp_path, env=beat)
     killed = wait_for_running_trial(proc, tmp_path, "kill")
     proc.kill()  # SIGKILL: the trial stays RUNNING until its heartbeat is found stale
     proc.communicate()
     time.sleep(3.5)
-    res = subprocess.run(
-        [sys.executable, "-m", "nin_search", "ablate", "abl.toml"],
-        cwd=tmp_path,
-        env=_env(beat),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr
+    nin_ok("ablate", "abl.toml", cwd=tmp_path, env=beat)
     ts = {t.number: t for t in trials(tmp_path, "kill")}
     dead = ts[killed]
     (retry,) = [t for t in ts.values() if t.system_attrs.get("failed_trial") == killed]

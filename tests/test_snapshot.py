@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,8 +19,8 @@ import pytest
 import torch
 from conftest import squares
 from optuna.trial import TrialState
-from test_ablation import ablation_text, nin_ok
-from test_sweep import _env, runs, start_sweep, trials, write_study
+from test_ablation import ablation_text, nin_ok, start_nin
+from test_sweep import runs, start_sweep, trials, write_study
 
 from nin_search.config import load_config
 from nin_search.data import split_data
@@ -253,18 +252,6 @@ def _cells(folder: Path, name: str) -> dict[tuple[str, int], list[float]]:
     }
 
 
-def _start_ablate(cwd: Path, env: dict | None = None) -> subprocess.Popen:
-    """`ablate abl.toml` in the background, its stderr kept for a failure's message."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "nin_search", "ablate", "abl.toml"],
-        cwd=cwd,
-        env=_env(env),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def _snapshot_epoch(folder: Path) -> int:
     files = list((folder / ROOT).glob("*.pt"))
     if not files:
@@ -286,7 +273,7 @@ def test_a_killed_ablation_cell_resumes_from_its_snapshot_with_the_same_result(t
     assert not list((straight / ROOT).glob("*.pt"))  # finished cells leave no snapshot
 
     beat = {"NIN_SEARCH_HEARTBEAT_S": "1"}  # a silent trial is stale after 3 s
-    proc = _start_ablate(killed, beat)
+    proc = start_nin("ablate", "abl.toml", cwd=killed, env=beat, stdout=subprocess.DEVNULL)
     _wait_for_snapshot(proc, killed, 3)
     proc.kill()  # SIGKILL mid-cell: no handler runs, the snapshot is all that is left
     proc.communicate()
@@ -338,7 +325,7 @@ def test_a_sigtermed_ablation_cell_keeps_its_snapshot_and_the_rerun_goes_on(tmp_
     # SIGTERM (Slurm, systemd, kill) stops the cell; the rerun reruns it from its last epoch
     text = ablation_text("term", data, seeds="[0]").replace("epochs = 2", "epochs = 12")
     (tmp_path / "abl.toml").write_text(text)
-    proc = _start_ablate(tmp_path)
+    proc = start_nin("ablate", "abl.toml", cwd=tmp_path, stdout=subprocess.DEVNULL)
     _wait_for_snapshot(proc, tmp_path, 2)
     proc.terminate()
     _, err = proc.communicate(timeout=60)

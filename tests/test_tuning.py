@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 from scipy import stats as sps
-from test_ablation import ablation_text, nin, nin_ok
+from test_ablation import ablation_text, nin, nin_ok, start_nin
 from test_sweep import _env, runs, trials
 
 from nin_search import stats
@@ -278,11 +278,8 @@ SEARCH = '[params]\n"train.lr" = { per_arm = "search", low = 1e-3, high = 0.1, t
 
 def test_search_per_arm_tunes_on_a_tuning_seed_and_survives_sigkill(tmp_path, data):
     (tmp_path / "abl.toml").write_text(per_arm_text("search", data, SEARCH, seeds="[0]"))
-    env = _env({"NIN_SEARCH_HEARTBEAT_S": "1"})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nin_search", "ablate", "abl.toml"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    beat = {"NIN_SEARCH_HEARTBEAT_S": "1"}
+    proc = start_nin("ablate", "abl.toml", cwd=tmp_path, env=beat)
     url = f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}"
     for line in proc.stdout:  # the first arm's search has begun
         if "lr search" in line:
@@ -299,10 +296,7 @@ def test_search_per_arm_tunes_on_a_tuning_seed_and_survives_sigkill(tmp_path, da
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     time.sleep(3.5)  # past the heartbeat grace (3 x 1 s): the dead trial is failed and retried
-    res = subprocess.run(
-        [sys.executable, "-m", "nin_search", "ablate", "abl.toml"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    res = nin("ablate", "abl.toml", cwd=tmp_path, env=beat, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     for arm in ARMS:
         tune = trials(tmp_path, f"search [tune {arm}]", url)
