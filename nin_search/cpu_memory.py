@@ -5,8 +5,9 @@
 
 glibc serves a block over its mmap threshold with a fresh mapping and unmaps it on free. The
 threshold adapts upwards but stops at 32 MiB on 64-bit, and one activation of the `cpu` profile at
-batch 128 is 128 x 96 x 28 x 28 fp32 = 38.5 MiB, so every step maps, zero-fills and unmaps it
-again: about 34,000 page faults and an eighth of the time of an fp32 step on two cores.
+batch 128 is 128 x 96 x 28 x 28 fp32 = 38.5 MiB, so step after step it is mapped, zero-filled and
+unmapped again: about 34,000 page faults a step on average (one step anywhere from 0 to 86,000)
+and an eighth of the time of an fp32 step on two cores.
 mallopt(M_MMAP_MAX, 0) with a 1 GiB M_TRIM_THRESHOLD serves them from the heap and reuses them:
 1.15x less time a step, the same losses (benchmarks/cpu_allocator.py). Blocks over 64 MiB from a
 thread other than the main one are still mapped afresh: a thread's heap cannot hold them.

@@ -6,9 +6,11 @@ The allocator's settings are process-wide, so each case runs in a fresh interpre
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -22,11 +24,11 @@ THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 # one training step's 38.5 MiB activation (128 x 96 x 28 x 28 fp32), in pages
 ACTIVATION_PAGES = 128 * 96 * 28 * 28 * 4 // resource.getpagesize()
 
-# after `setup`, which sets `result`: fp32 training steps of the cpu profile's model at batch 128
-# on one thread, as an ablation worker takes them; print the result and the lower median of the
-# minor page faults of the last 4 of 12 steps (glibc's heap settles in the first few)
+# after `setup`, which sets `result`: 12 fp32 training steps of the cpu profile's model at batch
+# 128 on one thread, as an ablation worker takes them; print the result and each step's minor
+# page faults
 HEAD = """
-import resource, torch
+import json, resource, torch
 from nin_search import cpu_memory
 """
 PROBE = """
@@ -45,7 +47,7 @@ for i in range(12):
     start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     train_step(net, opt, torch.nn.CrossEntropyLoss(), x, y, torch.device("cpu"), "fp32")
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
-print(result, sorted(faults[8:])[1])
+print(result, json.dumps(faults))
 """
 
 
@@ -59,7 +61,7 @@ def clean_env() -> dict[str, str]:
     }
 
 
-def probe(setup: str, **env: str) -> tuple[str, float]:
+def probe(setup: str, **env: str) -> tuple[str, list[int]]:
     res = subprocess.run(
         [sys.executable, "-c", HEAD + textwrap.dedent(setup) + PROBE],
         capture_output=True,
@@ -68,24 +70,28 @@ def probe(setup: str, **env: str) -> tuple[str, float]:
         env=clean_env() | env,
     )
     assert res.returncode == 0, res.stderr
-    result, faults = res.stdout.split()
-    return result, float(faults)
+    result, faults = res.stdout.split(maxsplit=1)
+    return result, json.loads(faults)
 
 
 def test_kept_memory_is_reused_without_page_faults():
-    # glibc as it comes: about 34,000 faults a step on 4 KiB pages, 900 with it (RESULTS.md)
+    # glibc as it comes: about 34,000 faults a step on 4 KiB pages, 900 with it (RESULTS.md);
+    # the heap settles in the first few steps, then most steps fault in nothing
     kept, faults = probe("result = cpu_memory.keep_cpu_memory()")
     assert kept == "True"
-    assert faults < ACTIVATION_PAGES / 4
+    assert sorted(faults[8:])[1] < ACTIVATION_PAGES / 4  # lower median of the last 4
 
 
 @pytest.mark.skipif(
     THP.exists() and "[always]" in THP.read_text(), reason="huge pages hide the faults"
 )
 def test_without_it_glibc_faults_in_every_activation_again():
-    # the probe itself is sound: glibc's default maps each large buffer afresh every step
+    # the probe itself is sound: glibc's default maps large buffers afresh step after step. Not
+    # in every step: one step faults 0 to 86,000 pages (2-core Zen 3, two training processes
+    # beside it, 2026-12-07), so the mean over the steps after 3, as benchmarks/cpu_allocator.py
+    # counts them (31,000-62,000 in 8 runs); the lower median of the last 4 fell to 1,536
     _, faults = probe("result = None")
-    assert faults > 2 * ACTIVATION_PAGES
+    assert statistics.mean(faults[3:]) > 2 * ACTIVATION_PAGES
 
 
 @pytest.mark.parametrize(
