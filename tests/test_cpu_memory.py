@@ -85,11 +85,12 @@ def test_kept_memory_is_reused_without_page_faults():
 @pytest.mark.skipif(
     THP.exists() and "[always]" in THP.read_text(), reason="huge pages hide the faults"
 )
-def test_without_it_glibc_faults_in_every_activation_again():
-    # the probe itself is sound: glibc's default maps large buffers afresh step after step. Not
-    # in every step: one step faults 0 to 86,000 pages (2-core Zen 3, two training processes
-    # beside it, 2026-12-07), so the mean over the steps after 3, as benchmarks/cpu_allocator.py
-    # counts them (31,000-62,000 in 8 runs); the lower median of the last 4 fell to 1,536
+def test_without_it_glibc_faults_the_activations_in_again_step_after_step():
+    # the probe itself is sound: glibc's default maps large buffers afresh step after step, but
+    # not in every step: one step faults 0 to 86,000 pages (2-core Zen 3, two training processes
+    # beside it, 2026-12-07). So the test takes the mean over the steps after 3, as
+    # benchmarks/cpu_allocator.py counts them: 30,000-62,000 in 8 runs, where the lower median of
+    # the last 4 fell to 1,536
     _, faults = probe("result = None")
     assert statistics.mean(faults[3:]) > 2 * ACTIVATION_PAGES
 
