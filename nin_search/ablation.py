@@ -145,19 +145,31 @@ def _taken(t: FrozenTrial) -> bool:
 
 
 def free_cells(study: optuna.Study, cells: list[dict], exclude: int | None = None) -> list[dict]:
-    """Cells no finished, running or queued trial holds."""
-    taken = {
-        _cell(t)
+    """Cells no finished, running or queued trial holds, in the order to take them: first the
+    cells a stopped or killed try left unfinished (their snapshots, where this machine has them,
+    hold the epochs that try finished), then the rest in the grid's order."""
+    return _free(study, cells, exclude)[0]
+
+
+def _free(study: optuna.Study, cells: list[dict], exclude: int | None) -> tuple[list[dict], int]:
+    """free_cells, and how many of them come first as tried before."""
+    trials = [
+        t
         for t in study._storage.get_all_trials(study._study_id, deepcopy=False)
-        if t.number != exclude and _taken(t)
-    }
-    return [c for c in cells if (c["arm"], c["train.seed"]) not in taken]
+        if t.number != exclude
+    ]
+    taken = {_cell(t) for t in trials if _taken(t)}
+    tried = {_cell(t) for t in trials if t.state == TrialState.FAIL} - taken
+    free = [c for c in cells if (c["arm"], c["train.seed"]) not in taken]
+    first = [c for c in free if (c["arm"], c["train.seed"]) in tried]
+    return first + [c for c in free if c not in first], len(first)
 
 
 class CellSampler(optuna.samplers.BaseSampler):
     """Hands each trial a cell nobody holds, chosen under the store's lock (storage.StoreLock),
-    so no two workers, on any machine, take one cell; worker k starts k cells further along.
-    Like Optuna's GridSampler, but a failed cell is free again instead of visited."""
+    so no two workers, on any machine, take one cell; a cell tried before and not finished goes
+    first, and worker k starts k cells further along. Like Optuna's GridSampler, but a failed
+    cell is free again instead of visited."""
 
     def __init__(self, cells: list[dict[str, Any]], offset: int = 0) -> None:
         self.cells, self.offset = cells, offset
@@ -174,10 +186,11 @@ class CellSampler(optuna.samplers.BaseSampler):
         # workers pick one at a time, on any machine: the store's lock (workers.py holds it
         # already while it starts a trial; taking it again here is free)
         with StoreLock(study._storage, key=study.study_name):
-            pool = free_cells(study, self.cells, exclude=trial.number)
+            pool, tried = _free(study, self.cells, exclude=trial.number)
             # none free: every cell is finished or running elsewhere; the objective then fails
-            # this trial untrained instead of running a cell twice
-            cell = pool[self.offset % len(pool)] if pool else None
+            # this trial untrained instead of running a cell twice. The offset spreads workers
+            # over the cells tried before (their snapshots first), or else over them all
+            cell = pool[self.offset % (tried or len(pool))] if pool else None
             study._storage.set_trial_system_attr(trial._trial_id, "nin_cell", cell)
         if cell is None:
             _stop(study)

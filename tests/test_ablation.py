@@ -277,9 +277,39 @@ def test_ablation_reruns_a_failed_cell_only(tmp_path, data):
     res = nin_ok("ablate", "abl.toml", "--seeds", "2", cwd=tmp_path)
     ts = trials(tmp_path, "fails")
     ran = [(t.params["arm"], t.params["train.seed"]) for t in ts[3:]]
-    assert sorted(ran) == [("fc", 1), ("gap", 1)]  # the failed cell again, and the new one
+    # the failed cell again, first (its snapshot's epochs wait for it), then the new one: in the
+    # grid's order the fc cell of seed 1 would come first
+    assert ran == [("gap", 1), ("fc", 1)]
     assert all(t.state == TrialState.COMPLETE for t in ts[3:])
     assert "2 of 4 cells finished" in res.stdout
+
+
+def test_free_cells_put_unfinished_tries_first_and_skip_taken_ones():
+    from nin_search.ablation import free_cells
+
+    study = optuna.create_study()  # in memory: free_cells reads only the trials' states
+    dists = {
+        "arm": optuna.distributions.CategoricalDistribution(["a", "b"]),
+        "train.seed": optuna.distributions.IntDistribution(0, 2),
+    }
+
+    def add(state, arm, seed, **attrs):
+        cell = {"arm": arm, "train.seed": seed}
+        values = [0.5] if state == TrialState.COMPLETE else None
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=state, params=cell, distributions=dists, values=values, user_attrs=attrs
+            )
+        )
+
+    cells = [{"arm": a, "train.seed": s} for s in range(3) for a in ("a", "b")]
+    add(TrialState.COMPLETE, "a", 0)
+    add(TrialState.FAIL, "b", 2)  # stopped or killed: its snapshot may hold epochs
+    add(TrialState.FAIL, "a", 1)
+    add(TrialState.COMPLETE, "a", 1)  # then finished by a later try: not free
+    add(TrialState.FAIL, "b", 0, fail_reason="config cannot run")  # rejected: taken
+    order = [(c["arm"], c["train.seed"]) for c in free_cells(study, cells)]
+    assert order == [("b", 2), ("b", 1), ("a", 2)]
 
 
 def test_ablation_with_two_workers_finishes_every_cell(tmp_path, data):
