@@ -41,7 +41,9 @@ table printed from the cache once all six are in (`--cached-only` prints what th
 trains nothing and names the configurations not yet measured). New records also keep the val
 accuracy after every epoch, and the grid table shows the grid-best's last-epoch gain (issue 12's
 convergence measure). `--threads N` bounds torch's intra-op threads
-(leave a core free for other work). Delete the file, or pass --cache '', to start over.
+(leave a core free for other work). Delete the file, or pass --cache '', to start over. Each new
+run record names its host (CPU model, or GPU) and precision; the output lists them per
+configuration and flags one whose runs come from more than one (its regrets would mix hosts).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import statistics
 import time
 
@@ -143,6 +146,19 @@ def select(names: list[str], wanted: str) -> list[str]:
     if not out:
         raise SystemExit(f"--configs {wanted!r} matches none of {', '.join(names)}")
     return out
+
+
+def host() -> str:
+    """This machine's CPU model (or GPU): a regret must not mix hosts, whose speeds and precision
+    (bf16 or fp32 under train.precision = auto) differ."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
 
 
 CACHE = os.path.join(os.path.dirname(__file__), "results", "lr_finder_regret.jsonl")
@@ -286,11 +302,15 @@ def main() -> None:
             flush=True,
         )
     started, full_epoch_s = time.perf_counter(), []
+    this_host = host()
+    hosts: dict[str, set[str]] = {}  # per configuration: the hosts and precisions of its runs
 
     def score(sets: list[str], lr: float, seed: int) -> float:
         key = cache_key("run", sets, lr, seed)
         if key in cached:
             r = cached[key]
+            where = f"{r.get('host', 'host not recorded')}, {r.get('precision', '?')}"
+            hosts.setdefault(json.dumps(sorted(sets)), set()).add(where)
             print(f"  lr {lr:.3g} seed {seed}: {r['status']} val_acc {r['val_acc']:.4f} (cached)")
             return r["val_acc"]
         if args.cached_only:
@@ -322,8 +342,10 @@ def main() -> None:
                 "wall_s": round(time.perf_counter() - t, 1),
                 "device": str(data.train_x.device),
                 "precision": r.precision,
+                "host": this_host,
             }
         )
+        hosts.setdefault(json.dumps(sorted(sets)), set()).add(f"{this_host}, {r.precision}")
         return acc
 
     rows, grids, summary, missing = [], [], {}, []
@@ -436,6 +458,11 @@ def main() -> None:
             f"{sum(v[1] <= 3 for v in vals)}/{n} | {sum(v[2] for v in vals)}/{n} | "
             f"{statistics.median(v[0] for v in vals):+.2f} | {sum(v[3] <= 3 for v in vals)}/{n} |"
         )
+    print("\nhosts (runs of each configuration):")
+    for name in chosen:
+        seen = sorted(hosts.get(json.dumps(sorted(all_configs[name] + extra)), ()))
+        mixed = "  MIXED: its regrets compare runs of different hosts" if len(seen) > 1 else ""
+        print(f"  {name}: {'; '.join(seen) or 'none yet'}{mixed}")
     if missing:
         print(f"\nnot yet measured ({len(missing)} of {len(chosen)}): " + "; ".join(missing))
     if summary and missing:
