@@ -273,7 +273,11 @@ def test_finder_killed_mid_test_reruns_and_leaves_no_run_running(tmp_path, data)
         assert float(parent[f"params.arms.{arm}.train.lr"]) == chosen[arm]["lr"]
 
 
-SEARCH = '[params]\n"train.lr" = { per_arm = "search", low = 1e-3, high = 0.1, trials = 2 }\n'
+# TPE seed 0 tries 0.0157, 0.0726 and 0.0258 for every arm: adam and sgd pick different ones
+SEARCH = (
+    '[params]\n"train.lr" = '
+    '{ per_arm = "search", low = 1e-4, high = 1.0, log = true, trials = 3 }\n'
+)
 
 
 def test_search_per_arm_tunes_on_a_tuning_seed_and_survives_sigkill(tmp_path, data):
@@ -301,9 +305,9 @@ def test_search_per_arm_tunes_on_a_tuning_seed_and_survives_sigkill(tmp_path, da
     for arm in ARMS:
         tune = trials(tmp_path, f"search [tune {arm}]", url)
         done = [t for t in tune if t.state == TrialState.COMPLETE]
-        assert len(done) == 2, [(t.number, t.state) for t in tune]
+        assert len(done) == 3, [(t.number, t.state) for t in tune]
         assert all(t.state != TrialState.RUNNING for t in tune)
-        assert all(1e-3 <= t.params["train.lr"] <= 0.1 for t in done)
+        assert all(1e-4 <= t.params["train.lr"] <= 1.0 for t in done)
     cells = trials(tmp_path, "search")
     assert sorted(t.params["arm"] for t in cells) == ["adam", "sgd"]
     chosen = records(optuna.load_study(study_name="search", storage=url).user_attrs)
@@ -321,7 +325,17 @@ def test_search_per_arm_tunes_on_a_tuning_seed_and_survives_sigkill(tmp_path, da
     # every tuning run at the tuning seed (the killed one may have died before its params)
     assert set(tuning["params.train.seed"].dropna()) == {"1000"}
     assert (tuning["status"] != "RUNNING").all()
+    # each arm's search runs are its own (3 trials each, sgd's killed try beside them)
+    assert tuning.groupby("tags.nin.arm").size().to_dict() == {"adam": 3, "sgd": 4}
     assert len(df[(df["tags.nin.role"] != "tuning") & df["tags.nin.arm"].notna()]) == 2
+    # both searches try the same seeded lrs: the arms' own scores pick different ones
+    assert chosen["sgd"]["lr"] != chosen["adam"]["lr"], chosen
+    before = {arm: len(trials(tmp_path, f"search [tune {arm}]", url)) for arm in ARMS}
+    again = nin_ok("ablate", "abl.toml", cwd=tmp_path, env=beat)  # finished: nothing reruns
+    after = {arm: len(trials(tmp_path, f"search [tune {arm}]", url)) for arm in ARMS}
+    assert after == before and len(trials(tmp_path, "search")) == len(cells)
+    assert len(runs(tmp_path, "search")) == len(df)
+    assert "tuning trial" not in again.stdout and "2 of 2 cells finished" in again.stdout
 
 
 @pytest.mark.parametrize(
