@@ -76,10 +76,13 @@ def probe(setup: str, **env: str) -> tuple[str, list[int]]:
 
 def test_kept_memory_is_reused_without_page_faults():
     # glibc as it comes: about 34,000 faults a step on 4 KiB pages, 900 with it (RESULTS.md);
-    # the heap settles in the first few steps, then most steps fault in nothing
+    # the heap settles in the first few steps, then most steps fault in nothing. Some steps still
+    # fault 134-18,817 pages (often a multiple of 1,568): 0-3 of the 9 steps after 3, in 34 runs
+    # with up to three processes beside the probe (2-core Zen 3, no swap, 2026-12-07); once in CI
+    # 3 of the last 4 did. So the test takes the median of those 9 steps: 0 in all 34 runs
     kept, faults = probe("result = cpu_memory.keep_cpu_memory()")
     assert kept == "True"
-    assert sorted(faults[8:])[1] < ACTIVATION_PAGES / 4  # lower median of the last 4
+    assert statistics.median(faults[3:]) < ACTIVATION_PAGES / 4, faults
 
 
 @pytest.mark.skipif(
@@ -92,7 +95,7 @@ def test_without_it_glibc_faults_the_activations_in_again_step_after_step():
     # benchmarks/cpu_allocator.py counts them: 30,000-62,000 in 8 runs, where the lower median of
     # the last 4 fell to 1,536
     _, faults = probe("result = None")
-    assert statistics.mean(faults[3:]) > 2 * ACTIVATION_PAGES
+    assert statistics.mean(faults[3:]) > 2 * ACTIVATION_PAGES, faults
 
 
 @pytest.mark.parametrize(
