@@ -34,6 +34,7 @@ from nin_search.tracking import run_tags
 from nin_search.train import resolve_device, resolved
 from nin_search.trial import DataCache, check_ctrl_c, deferred_ctrl_c, interruptible
 
+STARTUP = 10  # TPE's random start-up trials (Optuna's default), queued up front by _queue_startup
 KEY = "nin_arm_lr:"  # + arm: {"lr": float | None, "how": str, "message": str, "runs": [...]}
 
 
@@ -204,7 +205,7 @@ def tuning_study(study: Study, arm: str, spec: dict) -> Study:
         spec["trials"],
         study.base | study.arms[arm] | {"train.seed": spec["seed"]},
         {"train.lr": Param("train.lr", "float", spec["low"], spec["high"], spec["log"])},
-        {"type": "tpe", "seed": 0},
+        {"type": "tpe", "seed": 0, "n_startup_trials": STARTUP},
         {"type": "none"},  # a few trials: pruning would judge them on too few peers
         study.objective,
         study.profile,
@@ -221,6 +222,7 @@ def _search(
 
     tune = tuning_study(study, arm, spec)
     ostudy = open_study(tune, url)
+    _queue_startup(tune, ostudy, url)
     tags = {"nin.role": "tuning", "nin.arm": arm}
     objective = make_objective(tune, url, exp_id, parent, None, cache, tags)
 
@@ -254,6 +256,30 @@ def _search(
     best = pick(complete, key=lambda t: t.value)
     how += f", best {study.objective} {best.value:.4f} (trial {best.number})"
     return {"lr": best.params["train.lr"], "how": how, "message": "", "runs": runs}
+
+
+def _queue_startup(tune: Study, ostudy: optuna.Study, url: str) -> None:
+    """Queue the lrs the seeded sampler draws in its random start-up trials that no trial of this
+    search holds yet. Every arm then tries the same lrs (a paired comparison), and so does a
+    search resumed after a kill: a fresh process's sampler would draw its first lrs again."""
+    from nin_search.optuna_study import make_sampler
+
+    p = tune.params["train.lr"]
+    dist = optuna.distributions.FloatDistribution(float(p.low), float(p.high), log=p.log)
+    probe = optuna.create_study(sampler=make_sampler(tune))  # in memory, the same draws
+    lrs = []
+    for _ in range(min(tune.n_trials, STARTUP)):
+        trial = probe.ask({"train.lr": dist})
+        lrs.append(trial.params["train.lr"])
+        probe.tell(trial, 0.0)  # start-up draws are random: the value does not steer them
+    with StoreLock(url, key=tune.name):  # machines tuning this arm at once queue each lr once
+        held = {
+            t.params.get("train.lr", t.system_attrs.get("fixed_params", {}).get("train.lr"))
+            for t in ostudy.get_trials(deepcopy=False)
+        }
+        for lr in lrs:
+            if lr not in held:
+                ostudy.enqueue_trial({"train.lr": lr})
 
 
 __all__ = ["tune_arms", "apply_records", "arm_lrs", "notes", "records", "tuning_study"]

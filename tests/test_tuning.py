@@ -273,10 +273,11 @@ def test_finder_killed_mid_test_reruns_and_leaves_no_run_running(tmp_path, data)
         assert float(parent[f"params.arms.{arm}.train.lr"]) == chosen[arm]["lr"]
 
 
-# TPE seed 0 tries 0.0157, 0.0726 and 0.0258 for every arm: adam and sgd pick different ones
+# TPE seed 0's start-up lrs, queued for every arm (and again for a search resumed after a kill)
+CANDIDATES = [0.02457582078921002, 0.5266413204325212, 0.0663906634418675]
 SEARCH = (
     '[params]\n"train.lr" = '
-    '{ per_arm = "search", low = 1e-4, high = 1.0, log = true, trials = 3 }\n'
+    '{ per_arm = "search", low = 1e-6, high = 100.0, log = true, trials = 3 }\n'
 )
 
 
@@ -307,7 +308,8 @@ def test_search_per_arm_tunes_on_a_tuning_seed_and_survives_sigkill(tmp_path, da
         done = [t for t in tune if t.state == TrialState.COMPLETE]
         assert len(done) == 3, [(t.number, t.state) for t in tune]
         assert all(t.state != TrialState.RUNNING for t in tune)
-        assert all(1e-4 <= t.params["train.lr"] <= 1.0 for t in done)
+        # the same three lrs for both arms, the killed sgd one too (not a fresh sampler's draw)
+        assert sorted(t.params["train.lr"] for t in done) == pytest.approx(sorted(CANDIDATES))
     cells = trials(tmp_path, "search")
     assert sorted(t.params["arm"] for t in cells) == ["adam", "sgd"]
     chosen = records(optuna.load_study(study_name="search", storage=url).user_attrs)
@@ -328,8 +330,6 @@ def test_search_per_arm_tunes_on_a_tuning_seed_and_survives_sigkill(tmp_path, da
     # each arm's search runs are its own (3 trials each, sgd's killed try beside them)
     assert tuning.groupby("tags.nin.arm").size().to_dict() == {"adam": 3, "sgd": 4}
     assert len(df[(df["tags.nin.role"] != "tuning") & df["tags.nin.arm"].notna()]) == 2
-    # both searches try the same seeded lrs: the arms' own scores pick different ones
-    assert chosen["sgd"]["lr"] != chosen["adam"]["lr"], chosen
     before = {arm: len(trials(tmp_path, f"search [tune {arm}]", url)) for arm in ARMS}
     again = nin_ok("ablate", "abl.toml", cwd=tmp_path, env=beat)  # finished: nothing reruns
     after = {arm: len(trials(tmp_path, f"search [tune {arm}]", url)) for arm in ARMS}
