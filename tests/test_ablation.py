@@ -262,54 +262,83 @@ def test_ablation_reruns_a_failed_cell_only(tmp_path, data):
     (tmp_path / "abl.toml").write_text(ablation_text("fails", data, seeds="[0]"))
     nin_ok("ablate", "abl.toml", cwd=tmp_path)
     study = optuna.load_study(study_name="fails", storage=sqlite_url(tmp_path))
-    # an interrupted cell: the gap run of seed 1 failed (as after Ctrl-C)
+    # an interrupted cell: the fc run of seed 2 failed (as after Ctrl-C)
     study.add_trial(
         optuna.trial.create_trial(
             state=TrialState.FAIL,
-            params={"arm": "gap", "train.seed": 1},
+            params={"arm": "fc", "train.seed": 2},
             distributions={
                 "arm": study.trials[0].distributions["arm"],
-                "train.seed": optuna.distributions.IntDistribution(0, 1),
+                "train.seed": optuna.distributions.IntDistribution(0, 2),
             },
-            system_attrs={"nin_cell": {"arm": "gap", "train.seed": 1}},
+            system_attrs={"nin_cell": {"arm": "fc", "train.seed": 2}},
         )
     )
-    res = nin_ok("ablate", "abl.toml", "--seeds", "2", cwd=tmp_path)
+    res = nin_ok("ablate", "abl.toml", "--seeds", "3", cwd=tmp_path)
     ts = trials(tmp_path, "fails")
     ran = [(t.params["arm"], t.params["train.seed"]) for t in ts[3:]]
-    # the failed cell again, first (its snapshot's epochs wait for it), then the new one: in the
-    # grid's order the fc cell of seed 1 would come first
-    assert ran == [("gap", 1), ("fc", 1)]
+    # the failed cell again, first (its snapshot's epochs wait for it), though it is the last
+    # in the grid's order (gap 1, fc 1, gap 2, fc 2) and this command's worker has offset 1
+    assert ran[0] == ("fc", 2)
+    assert sorted(ran) == [("fc", 1), ("fc", 2), ("gap", 1), ("gap", 2)]
     assert all(t.state == TrialState.COMPLETE for t in ts[3:])
-    assert "2 of 4 cells finished" in res.stdout
+    assert "2 of 6 cells finished" in res.stdout
+
+
+CELLS = [{"arm": a, "train.seed": s} for s in range(3) for a in ("a", "b")]
+DISTS = {
+    "arm": optuna.distributions.CategoricalDistribution(["a", "b"]),
+    "train.seed": optuna.distributions.IntDistribution(0, 2),
+}
+
+
+def add_cell_trial(study, state, arm, seed, params=True, **attrs):
+    cell = {"arm": arm, "train.seed": seed}
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=state,
+            params=cell if params else {},
+            distributions=DISTS if params else {},
+            value=0.5 if state == TrialState.COMPLETE else None,
+            user_attrs=attrs,
+            system_attrs={"nin_cell": cell},  # as CellSampler hands it out
+        )
+    )
 
 
 def test_free_cells_put_unfinished_tries_first_and_skip_taken_ones():
     from nin_search.ablation import free_cells
 
     study = optuna.create_study()  # in memory: free_cells reads only the trials' states
-    dists = {
-        "arm": optuna.distributions.CategoricalDistribution(["a", "b"]),
-        "train.seed": optuna.distributions.IntDistribution(0, 2),
-    }
+    add_cell_trial(study, TrialState.COMPLETE, "a", 0)
+    add_cell_trial(
+        study, TrialState.FAIL, "b", 2
+    )  # stopped or killed: its snapshot may hold epochs
+    add_cell_trial(study, TrialState.FAIL, "a", 1)
+    add_cell_trial(study, TrialState.COMPLETE, "a", 1)  # then finished by a later try: not free
+    add_cell_trial(study, TrialState.FAIL, "b", 0, fail_reason="config cannot run")  # rejected
+    add_cell_trial(study, TrialState.FAIL, "b", 1, params=False)  # killed before its params
+    order = [(c["arm"], c["train.seed"]) for c in free_cells(study, CELLS)]
+    assert order == [("b", 1), ("b", 2), ("a", 2)]  # tried ones first, each in grid order
+    add_cell_trial(study, TrialState.WAITING, "b", 1)  # its heartbeat retry, queued: taken
+    add_cell_trial(study, TrialState.RUNNING, "b", 2)  # running elsewhere again: taken
+    assert free_cells(study, CELLS) == [{"arm": "a", "train.seed": 2}]
 
-    def add(state, arm, seed, **attrs):
-        cell = {"arm": arm, "train.seed": seed}
-        values = [0.5] if state == TrialState.COMPLETE else None
-        study.add_trial(
-            optuna.trial.create_trial(
-                state=state, params=cell, distributions=dists, values=values, user_attrs=attrs
-            )
-        )
 
-    cells = [{"arm": a, "train.seed": s} for s in range(3) for a in ("a", "b")]
-    add(TrialState.COMPLETE, "a", 0)
-    add(TrialState.FAIL, "b", 2)  # stopped or killed: its snapshot may hold epochs
-    add(TrialState.FAIL, "a", 1)
-    add(TrialState.COMPLETE, "a", 1)  # then finished by a later try: not free
-    add(TrialState.FAIL, "b", 0, fail_reason="config cannot run")  # rejected: taken
-    order = [(c["arm"], c["train.seed"]) for c in free_cells(study, cells)]
-    assert order == [("b", 2), ("b", 1), ("a", 2)]
+def test_cell_sampler_hands_out_a_tried_cell_first_whatever_its_offset():
+    from nin_search.ablation import CellSampler
+
+    study = optuna.create_study(sampler=CellSampler(CELLS, offset=1))
+    add_cell_trial(study, TrialState.COMPLETE, "a", 0)
+    add_cell_trial(study, TrialState.FAIL, "a", 2)
+
+    def next_cell():
+        trial = study.ask()
+        return study._storage.get_trial(trial._trial_id).system_attrs["nin_cell"]
+
+    assert next_cell() == {"arm": "a", "train.seed": 2}  # not offset 1 of the free cells
+    # then the offset counts in the grid order of the cells still free: b0, a1, b1, b2
+    assert next_cell() == {"arm": "a", "train.seed": 1}
 
 
 def test_ablation_with_two_workers_finishes_every_cell(tmp_path, data):

@@ -79,10 +79,12 @@ def test_kept_memory_is_reused_without_page_faults():
     # the heap settles in the first few steps, then most steps fault in nothing. Some steps still
     # fault 134-18,817 pages (often a multiple of 1,568): 0-3 of the 9 steps after 3, in 34 runs
     # with up to three processes beside the probe (2-core Zen 3, no swap, 2026-12-07); once in CI
-    # 3 of the last 4 did. So the test takes the median of those 9 steps: 0 in all 34 runs
+    # 3 of the last 4 did. So the test takes the median of those 9 steps: 0 in all 34 runs. Their
+    # mean, 0-3,223 there, stays far under the control's (over 30,000, the next test)
     kept, faults = probe("result = cpu_memory.keep_cpu_memory()")
     assert kept == "True"
     assert statistics.median(faults[3:]) < ACTIVATION_PAGES / 4, faults
+    assert statistics.mean(faults[3:]) < ACTIVATION_PAGES, faults
 
 
 @pytest.mark.skipif(
