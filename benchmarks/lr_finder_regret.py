@@ -148,11 +148,11 @@ def select(names: list[str], wanted: str) -> list[str]:
     return out
 
 
-def host() -> str:
-    """This machine's CPU model (or GPU): a regret must not mix hosts, whose speeds and precision
-    (bf16 or fp32 under train.precision = auto) differ."""
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
+def host(device: torch.device) -> str:
+    """The GPU the runs use, else this machine's CPU model: a regret must not mix hosts, whose
+    speeds and precision (bf16 or fp32 under train.precision = auto) differ."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
@@ -302,15 +302,20 @@ def main() -> None:
             flush=True,
         )
     started, full_epoch_s = time.perf_counter(), []
-    this_host = host()
-    hosts: dict[str, set[str]] = {}  # per configuration: the hosts and precisions of its runs
+    this_host = host(resolve_device(base.train.device))
+    hosts: dict[str, set[str]] = {}  # per configuration: the hosts of its runs and range test
+    precisions: dict[str, set[str]] = {}  # and the precisions its runs trained in
+
+    def seen(sets: list[str], where: str, precision: str | None = None) -> None:
+        hosts.setdefault(json.dumps(sorted(sets)), set()).add(where)
+        if precision:
+            precisions.setdefault(json.dumps(sorted(sets)), set()).add(precision)
 
     def score(sets: list[str], lr: float, seed: int) -> float:
         key = cache_key("run", sets, lr, seed)
         if key in cached:
             r = cached[key]
-            where = f"{r.get('host', 'host not recorded')}, {r.get('precision', '?')}"
-            hosts.setdefault(json.dumps(sorted(sets)), set()).add(where)
+            seen(sets, r.get("host", "host not recorded"), r.get("precision", "?"))
             print(f"  lr {lr:.3g} seed {seed}: {r['status']} val_acc {r['val_acc']:.4f} (cached)")
             return r["val_acc"]
         if args.cached_only:
@@ -345,7 +350,7 @@ def main() -> None:
                 "host": this_host,
             }
         )
-        hosts.setdefault(json.dumps(sorted(sets)), set()).add(f"{this_host}, {r.precision}")
+        seen(sets, this_host, r.precision)
         return acc
 
     rows, grids, summary, missing = [], [], {}, []
@@ -384,7 +389,8 @@ def main() -> None:
             raise NotCached("the range test")
         else:
             curve = find_lr(cfg, data).curve
-            remember({"key": key, "sets": sets, "curve": vars(curve)})
+            remember({"key": key, "sets": sets, "curve": vars(curve), "host": this_host})
+        seen(sets, cached[key].get("host", "host not recorded"))
         cache: dict[float, float] = {}
         for key in rules:
             rule, smoothing, k = parse_rule(key)
@@ -458,11 +464,12 @@ def main() -> None:
             f"{sum(v[1] <= 3 for v in vals)}/{n} | {sum(v[2] for v in vals)}/{n} | "
             f"{statistics.median(v[0] for v in vals):+.2f} | {sum(v[3] <= 3 for v in vals)}/{n} |"
         )
-    print("\nhosts (runs of each configuration):")
+    print("\nhosts and precision (the runs and range test of each configuration):")
     for name in chosen:
-        seen = sorted(hosts.get(json.dumps(sorted(all_configs[name] + extra)), ()))
-        mixed = "  MIXED: its regrets compare runs of different hosts" if len(seen) > 1 else ""
-        print(f"  {name}: {'; '.join(seen) or 'none yet'}{mixed}")
+        key = json.dumps(sorted(all_configs[name] + extra))
+        where, how = sorted(hosts.get(key, ())), sorted(precisions.get(key, ()))
+        mixed = "  MIXED: its regrets compare different hosts" if len(where) + len(how) > 2 else ""
+        print(f"  {name}: {'; '.join(where) or 'none yet'} ({', '.join(how) or '-'}){mixed}")
     if missing:
         print(f"\nnot yet measured ({len(missing)} of {len(chosen)}): " + "; ".join(missing))
     if summary and missing:
