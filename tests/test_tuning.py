@@ -169,9 +169,9 @@ FINDER = '[params]\n"train.lr" = { per_arm = "lr-finder" }\n[lr_finder]\nnum_ite
 
 
 def per_arm_text(
-    name: str, data: Path, params: str = FINDER, seeds: str = "[0, 1]", bn: bool = True
+    name: str, data: Path, params: str = FINDER, seeds: str = "[0, 1]", bn: bool = True, arms=None
 ) -> str:
-    text = ablation_text(name, data, seeds=seeds, arms=ARMS)
+    text = ablation_text(name, data, seeds=seeds, arms=arms or ARMS)
     if bn:  # a range test that falls on the tiny task; without BatchNorm it sits at ln 10
         text = text.replace("[model]\n", "[model]\nbatch_norm = true\n")
     return text.replace("lr = 0.003\n", "") + params  # the arms choose their own lr
@@ -279,10 +279,16 @@ SEARCH = (
     '[params]\n"train.lr" = '
     '{ per_arm = "search", low = 1e-6, high = 100.0, log = true, trials = 3 }\n'
 )
+# on the tiny task in 3 epochs (tuning seed 1000) their validation curves over those lrs differ:
+# sgd with momentum is best at 0.0664 (0.45 against 0.20 and 0.22), adam at 0.0246 (0.80 against
+# 0.13 and 0.09), so each arm's search must choose its own lr
+SEARCH_ARMS = {"sgd": {"train.optimizer": "sgd", "train.momentum": 0.9}, "adam": ARMS["adam"]}
+SEARCH_BEST = {"sgd": CANDIDATES[2], "adam": CANDIDATES[0]}
 
 
 def test_search_per_arm_tunes_on_a_tuning_seed_and_survives_sigkill(tmp_path, data):
-    (tmp_path / "abl.toml").write_text(per_arm_text("search", data, SEARCH, seeds="[0]"))
+    text = per_arm_text("search", data, SEARCH, seeds="[0]", arms=SEARCH_ARMS)
+    (tmp_path / "abl.toml").write_text(text.replace("epochs = 2\n", "epochs = 3\n"))
     beat = {"NIN_SEARCH_HEARTBEAT_S": "1"}
     proc = start_nin("ablate", "abl.toml", cwd=tmp_path, env=beat)
     url = f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}"
@@ -319,6 +325,8 @@ def test_search_per_arm_tunes_on_a_tuning_seed_and_survives_sigkill(tmp_path, da
              if x.state == TrialState.COMPLETE), key=lambda x: x.value,
         )  # fmt: skip
         assert chosen[t.params["arm"]]["lr"] == best.params["train.lr"]
+    # their curves differ, and so do their lrs: each arm's cell trains at its own best one
+    assert {arm: chosen[arm]["lr"] for arm in ARMS} == pytest.approx(SEARCH_BEST)
     dead = [t for t in trials(tmp_path, "search [tune sgd]", url) if t.number == killed.number]
     assert dead[0].state == TrialState.FAIL  # failed by its heartbeat, then retried
     df = runs(tmp_path, "search")
