@@ -44,6 +44,9 @@ convergence measure). `--threads N` bounds torch's intra-op threads
 (leave a core free for other work). Delete the file, or pass --cache '', to start over. Each new
 run record names its host (CPU model, or GPU) and precision; the output lists them per
 configuration and flags one whose runs come from more than one (its regrets would mix hosts).
+A run or range test cached in another precision than this host trains in (bf16 against fp32
+under train.precision = auto) is not reused: it runs again here, and its record goes beside the
+other; --cached-only reads records of every precision, and flags a mixed configuration.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ from nin_search.config import FINDER_RULES, LRFinderConfig, finder_rule, load_co
 from nin_search.curve import Curve, suggest
 from nin_search.data import load_data
 from nin_search.lr_finder import find_lr
-from nin_search.train import fit, resolve_device
+from nin_search.train import fit, resolve_device, resolve_precision
 
 PROFILE = "cpu"
 OPTIMIZERS = {  # name: (overrides, lr grid low, high, points); the grids bracket the optimum
@@ -164,11 +167,15 @@ def host(device: torch.device) -> str:
 CACHE = os.path.join(os.path.dirname(__file__), "results", "lr_finder_regret.jsonl")
 
 
-def load_cache(path: str) -> dict[str, dict]:
+def load_cache(path: str, precision: str | None = None) -> dict[str, dict]:
+    """Key -> the last record for it; with a precision, only records trained in it (and older
+    ones that did not record theirs), so a bf16 run never stands for an fp32 one."""
     if not path or not os.path.exists(path):
         return {}
     with open(path, encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
+    if precision:
+        records = [r for r in records if r.get("precision", precision) == precision]
     out = {}
     for r in records:  # re-keyed: older records hold the lr at full float precision
         kind, profile, sets, lr, seed, version = json.loads(r["key"])
@@ -255,7 +262,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cached = load_cache(args.cache)
+    extra = args.sets + ([f"train.epochs={args.epochs}"] if args.epochs else [])
+    base = load_config(overrides=extra, profile=PROFILE)
+    this_precision = resolve_precision(base.train.precision, resolve_device(base.train.device))
+    cached = load_cache(args.cache, None if args.cached_only else this_precision)
 
     def remember(record: dict) -> None:
         cached[record["key"]] = record
@@ -273,8 +283,6 @@ def main() -> None:
         parse_rule(key)
     all_configs = configs(models)
     chosen = select(list(all_configs), args.configs)
-    extra = args.sets + ([f"train.epochs={args.epochs}"] if args.epochs else [])
-    base = load_config(overrides=extra, profile=PROFILE)
     epochs = base.train.epochs
 
     full_epochs = load_config(profile=PROFILE).train.epochs
@@ -389,8 +397,10 @@ def main() -> None:
             raise NotCached("the range test")
         else:
             curve = find_lr(cfg, data).curve
-            remember({"key": key, "sets": sets, "curve": vars(curve), "host": this_host})
-        seen(sets, cached[key].get("host", "host not recorded"))
+            record = {"key": key, "sets": sets, "curve": vars(curve), "host": this_host}
+            remember(record | {"precision": this_precision})
+        r = cached[key]
+        seen(sets, r.get("host", "host not recorded"), r.get("precision"))
         cache: dict[float, float] = {}
         for key in rules:
             rule, smoothing, k = parse_rule(key)
