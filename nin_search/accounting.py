@@ -2,7 +2,8 @@
 
     python -m nin_search summary --set data.resize=224 --format table
 
-Shapes come from one forward pass on the meta device (no memory, no compute). MACs are the
+Shapes come from one forward pass of one zero image: on the CPU up to 256 px (milliseconds), on
+the meta device above (no memory, no compute, but a first meta pass costs seconds). MACs are the
 multiply-adds of conv and linear weights, the convention of fvcore and ptflops and half the
 FLOPs of torch.utils.flop_counter. The engine part imports only torch; format_summary() uses
 pandas for tables and CSV.
@@ -20,6 +21,7 @@ from nin_search.config import Config
 from nin_search.model import build_model, spatial_trace
 
 BYTES = {"fp32": 4, "bf16": 2}
+CPU_PASS_MAX = 256  # px: the largest input whose shape pass runs on the CPU (d2l NiN: ~40 ms)
 OPTIMIZER_STATES = {"sgd": 0, "adam": 2, "adamw": 2}  # tensors of parameter size; +1 for momentum
 
 
@@ -69,8 +71,11 @@ def summarize(cfg: Config, in_channels: int = 1, num_classes: int = 10) -> dict[
     for name, m in net.named_modules():
         if not list(m.children()):
             m.register_forward_hook(hook(name))
+    # the meta device runs ops through Python decompositions that import torch._dynamo (about
+    # 3 s, paid by every summary, lr-finder and ablation); up to 256 px a real pass is faster
+    device = "cpu" if size <= CPU_PASS_MAX else "meta"
     with torch.no_grad():
-        net.to("meta").eval()(torch.empty(1, in_channels, size, size, device="meta"))
+        net.to(device).eval()(torch.zeros(1, in_channels, size, size, device=device))
 
     params = sum(r["params"] for r in rows)
     macs = sum(r["macs"] for r in rows)
