@@ -17,6 +17,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from conftest import with_mlflow_store
 from optuna.trial import TrialState
 from scipy import stats as sps
 from test_sweep import (
@@ -156,8 +157,8 @@ def start_nin(*args: str, cwd: Path, env=None, stdout=subprocess.PIPE) -> subpro
 
 
 @pytest.fixture(scope="module")
-def abl(tmp_path_factory, data: Path) -> SimpleNamespace:
-    folder = tmp_path_factory.mktemp("ablation")
+def abl(tmp_path_factory, mlflow_db: Path, data: Path) -> SimpleNamespace:
+    folder = with_mlflow_store(tmp_path_factory.mktemp("ablation"), mlflow_db)
     (folder / "abl.toml").write_text(ablation_text("abl", data))
     first = nin_ok("ablate", "abl.toml", "--final-eval", cwd=folder)
     return SimpleNamespace(folder=folder, first=first)
@@ -258,10 +259,10 @@ def test_ablation_resume_and_more_seeds_skip_finished_cells(abl, tmp_path, data)
     assert table.loc["gap", "n"] == 3
 
 
-def test_ablation_reruns_a_failed_cell_only(tmp_path, data):
-    (tmp_path / "abl.toml").write_text(ablation_text("fails", data, seeds="[0]"))
-    nin_ok("ablate", "abl.toml", cwd=tmp_path)
-    study = optuna.load_study(study_name="fails", storage=sqlite_url(tmp_path))
+def test_ablation_reruns_a_failed_cell_only(work, data):
+    (work / "abl.toml").write_text(ablation_text("fails", data, seeds="[0]"))
+    nin_ok("ablate", "abl.toml", cwd=work)
+    study = optuna.load_study(study_name="fails", storage=sqlite_url(work))
     # an interrupted cell: the fc run of seed 2 failed (as after Ctrl-C)
     study.add_trial(
         optuna.trial.create_trial(
@@ -274,8 +275,8 @@ def test_ablation_reruns_a_failed_cell_only(tmp_path, data):
             system_attrs={"nin_cell": {"arm": "fc", "train.seed": 2}},
         )
     )
-    res = nin_ok("ablate", "abl.toml", "--seeds", "3", cwd=tmp_path)
-    ts = trials(tmp_path, "fails")
+    res = nin_ok("ablate", "abl.toml", "--seeds", "3", cwd=work)
+    ts = trials(work, "fails")
     ran = [(t.params["arm"], t.params["train.seed"]) for t in ts[3:]]
     # the failed cell again, first (its snapshot's epochs wait for it), though it is the last
     # in the grid's order (gap 1, fc 1, gap 2, fc 2) and this command's worker has offset 1
@@ -341,13 +342,13 @@ def test_cell_sampler_hands_out_a_tried_cell_first_whatever_its_offset():
     assert next_cell() == {"arm": "a", "train.seed": 1}
 
 
-def test_ablation_with_two_workers_finishes_every_cell(tmp_path, data):
-    (tmp_path / "abl.toml").write_text(ablation_text("two", data))
-    res = nin_ok("ablate", "abl.toml", "--workers", "2", cwd=tmp_path)
-    done = [t for t in trials(tmp_path, "two") if t.state == TrialState.COMPLETE]
+def test_ablation_with_two_workers_finishes_every_cell(work, data):
+    (work / "abl.toml").write_text(ablation_text("two", data))
+    res = nin_ok("ablate", "abl.toml", "--workers", "2", cwd=work)
+    done = [t for t in trials(work, "two") if t.state == TrialState.COMPLETE]
     cells = sorted((t.params["arm"], t.params["train.seed"]) for t in done)
     assert cells == [("fc", 0), ("fc", 1), ("gap", 0), ("gap", 1)]  # each once: no duplicates
-    assert not [t for t in trials(tmp_path, "two") if t.state == TrialState.FAIL]
+    assert not [t for t in trials(work, "two") if t.state == TrialState.FAIL]
     assert res.stdout.count("# Ablation two") == 1  # one report, by the command, not per worker
 
 
@@ -366,14 +367,14 @@ def test_report_of_an_ablation_by_name(abl, tmp_path):
     assert "# Ablation abl" in res.stdout
 
 
-def test_report_of_a_sweep(tmp_path, data):
-    write_study(tmp_path, "rep", data, n_trials=4, settings={"train.epochs": 3},
+def test_report_of_a_sweep(work, data):
+    write_study(work, "rep", data, n_trials=4, settings={"train.epochs": 3},
                 params={"train.lr": "{ low = 1e-3, high = 1e-2, log = true }",
                         "model.dropout": "{ low = 0.0, high = 0.5 }"})  # fmt: skip
-    sweep_ok("study.toml", cwd=tmp_path)
-    res = nin_ok("report", "study.toml", cwd=tmp_path)
-    out = tmp_path / "reports" / "rep"
-    study = optuna.load_study(study_name="rep", storage=sqlite_url(tmp_path))
+    sweep_ok("study.toml", cwd=work)
+    res = nin_ok("report", "study.toml", cwd=work)
+    out = work / "reports" / "rep"
+    study = optuna.load_study(study_name="rep", storage=sqlite_url(work))
     best = study.best_trial
     assert f"best best_val_acc {best.value:.4f} (trial {best.number}" in res.stdout
     table = pd.read_csv(out / "trials.csv")
@@ -386,7 +387,7 @@ def test_report_of_a_sweep(tmp_path, data):
                  "param_importances", "slice"):  # fmt: skip
         assert (out / f"{name}.html").is_file(), name
     assert (out / "index.html").read_text().count("plotly-graph-div") == 5
-    parent = runs(tmp_path, "rep").query("`tags.nin.role` == 'study'")["run_id"].iloc[0]
+    parent = runs(work, "rep").query("`tags.nin.role` == 'study'")["run_id"].iloc[0]
     names = {a.path for a in mlflow.MlflowClient().list_artifacts(parent, "report")}
     assert {"report/index.html", "report/trials.csv", "report/best_config.toml"} <= names
 
@@ -500,18 +501,18 @@ def test_pareto_check_reruns_the_front_trial_it_names_on_paired_seeds(
     assert study.arms["reference"] == {"train.lr": 0.02}  # the profile's NiN as it is
 
 
-def test_killed_ablation_worker_cell_is_retried_under_its_own_arm(tmp_path, data):
+def test_killed_ablation_worker_cell_is_retried_under_its_own_arm(work, data):
     # long enough cells that the kill lands in one
     text = ablation_text("kill", data, seeds="[0]").replace("epochs = 2", "epochs = 40")
-    (tmp_path / "abl.toml").write_text(text)
+    (work / "abl.toml").write_text(text)
     beat = {"NIN_SEARCH_HEARTBEAT_S": "1"}  # a silent trial is stale after 3 s
-    proc = start_nin("ablate", "abl.toml", cwd=tmp_path, env=beat)
-    killed = wait_for_running_trial(proc, tmp_path, "kill")
+    proc = start_nin("ablate", "abl.toml", cwd=work, env=beat)
+    killed = wait_for_running_trial(proc, work, "kill")
     proc.kill()  # SIGKILL: the trial stays RUNNING until its heartbeat is found stale
     proc.communicate()
     time.sleep(3.5)
-    nin_ok("ablate", "abl.toml", cwd=tmp_path, env=beat)
-    ts = {t.number: t for t in trials(tmp_path, "kill")}
+    nin_ok("ablate", "abl.toml", cwd=work, env=beat)
+    ts = {t.number: t for t in trials(work, "kill")}
     dead = ts[killed]
     (retry,) = [t for t in ts.values() if t.system_attrs.get("failed_trial") == killed]
     assert dead.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
@@ -522,7 +523,7 @@ def test_killed_ablation_worker_cell_is_retried_under_its_own_arm(tmp_path, data
         if t.state == TrialState.COMPLETE
     )
     assert done == [("fc", 0), ("gap", 0)]  # every cell once, none twice
-    cells = pd.read_csv(tmp_path / "reports" / "kill" / "cells.csv")
+    cells = pd.read_csv(work / "reports" / "kill" / "cells.csv")
     row = cells[cells["trial"] == retry.number]
     assert row["arm"].item() == retry.params["arm"]  # reported under its own arm
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from conftest import with_mlflow_store
 
 from nin_search.config import FINDER_RULES, ConfigError
 from nin_search.train import resolve_precision
@@ -49,6 +50,12 @@ def tiny(tmp_path: Path, make_idx_dir) -> Path:
     make_idx_dir(tmp_path / "idx", n_train=160, n_test=40)
     (tmp_path / "tiny.toml").write_text(TINY)
     return tmp_path
+
+
+@pytest.fixture
+def tiny_stored(tiny: Path, mlflow_db: Path) -> Path:
+    """tiny with a ready (empty) default MLflow store: for tests not about making one."""
+    return with_mlflow_store(tiny, mlflow_db)
 
 
 def test_train_logs_params_and_per_epoch_metrics_to_the_default_store(tiny: Path):
@@ -103,16 +110,16 @@ def test_train_logs_params_and_per_epoch_metrics_to_the_default_store(tiny: Path
     assert "python -m nin_search ui" in res.stdout.splitlines()[-1]  # the default store
 
 
-def test_auto_profile_says_which_profile_it_picked(tiny: Path):
+def test_auto_profile_says_which_profile_it_picked(tiny_stored: Path):
     res = cli(
         "train",
         "--config",
         "tiny.toml",
         "--set",
-        f"data.data_dir={tiny / 'idx'}",
+        f"data.data_dir={tiny_stored / 'idx'}",
         "--set",
         "train.epochs=1",
-        cwd=tiny,
+        cwd=tiny_stored,
     )
     assert res.returncode == 0, res.stderr
     # no CUDA here, so auto picks cpu and says so; the file and --set win over the profile
@@ -152,13 +159,13 @@ def test_two_commands_started_together_on_a_fresh_store_both_finish(tiny: Path):
     assert set(runs["status"]) == {"FINISHED"}
 
 
-def test_diverging_run_exits_1_and_ends_failed(tiny: Path):
+def test_diverging_run_exits_1_and_ends_failed(tiny_stored: Path):
     res = cli(
         "train",
         "--config",
         "tiny.toml",
         "--set",
-        f"data.data_dir={tiny / 'idx'}",
+        f"data.data_dir={tiny_stored / 'idx'}",
         "--set",
         "train.optimizer='sgd'",
         "--set",
@@ -168,11 +175,11 @@ def test_diverging_run_exits_1_and_ends_failed(tiny: Path):
         "model.batch_norm=false",
         "--set",
         "train.schedule='constant'",
-        cwd=tiny,
+        cwd=tiny_stored,
     )
     assert res.returncode == 1, res.stderr
     assert "diverged: loss became non-finite at epoch 1, step" in res.stdout
-    mlflow.set_tracking_uri(f"sqlite:///{tiny / 'mlruns' / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tiny_stored / 'mlruns' / 'mlflow.db'}")
     run = mlflow.search_runs(experiment_names=["nin-train"]).iloc[0]
     # nothing stays RUNNING: the run ends FAILED with the place it diverged
     assert run["status"] == "FAILED"
@@ -271,13 +278,13 @@ def test_unusable_tracking_store_is_one_line(tiny: Path):
     assert f"MLflow store {uri} cannot be used" in res.stderr
 
 
-def test_lr_finder_writes_json_html_and_an_mlflow_run(tiny: Path):
+def test_lr_finder_writes_json_html_and_an_mlflow_run(tiny_stored: Path):
     res = cli(
         "lr-finder",
         "--config",
         "tiny.toml",
         "--set",
-        f"data.data_dir={tiny / 'idx'}",
+        f"data.data_dir={tiny_stored / 'idx'}",
         "--set",
         "lr_finder.num_iter=20",
         "--set",
@@ -288,10 +295,10 @@ def test_lr_finder_writes_json_html_and_an_mlflow_run(tiny: Path):
         "lr_finder.rule=half-decade",
         "--out",
         "out",
-        cwd=tiny,
+        cwd=tiny_stored,
     )
     assert res.returncode == 0, res.stderr
-    report = json.loads((tiny / "out" / "lr_finder.json").read_text())
+    report = json.loads((tiny_stored / "out" / "lr_finder.json").read_text())
     # the JSON names the rule and the smoothing, holds every rule's suggestion (or says plainly
     # why there are none), and both curves of the median of the 2 repeats
     assert report["rule"] == "half-decade" and report["smoothing"] == "zero-phase"
@@ -308,8 +315,8 @@ def test_lr_finder_writes_json_html_and_an_mlflow_run(tiny: Path):
     assert 0 < n <= 20 and len(report["curve"]["smoothed_loss"]) == n
     assert len(report["curve"]["zero_phase_loss"]) == n
     assert report["repeats"] == 2 and [len(r) for r in report["curve"]["repeat_losses"]] == [n, n]
-    assert "plotly" in (tiny / "out" / "lr_finder.html").read_text()[:100_000].lower()
-    mlflow.set_tracking_uri(f"sqlite:///{tiny / 'mlruns' / 'mlflow.db'}")
+    assert "plotly" in (tiny_stored / "out" / "lr_finder.html").read_text()[:100_000].lower()
+    mlflow.set_tracking_uri(f"sqlite:///{tiny_stored / 'mlruns' / 'mlflow.db'}")
     run = mlflow.search_runs(experiment_names=["nin-lr-finder"]).iloc[0]
     assert run["run_id"] == report["mlflow_run_id"]
     assert run["params.lr_finder.num_iter"] == "20"

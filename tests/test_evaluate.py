@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import mlflow
 import pytest
 import torch
-from conftest import squares, write_idx
+from conftest import squares, with_mlflow_store, write_idx
 from test_cli import TINY, cli
 from test_sweep import study_text, sweep_ok
 
@@ -43,9 +43,9 @@ def _artifacts(client: mlflow.MlflowClient, run_id: str, path: str | None = None
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> SimpleNamespace:
+def trained(tmp_path_factory, mlflow_db: Path) -> SimpleNamespace:
     """One tiny `train --final-eval` through the CLI, on the squares task."""
-    folder = tmp_path_factory.mktemp("trained")
+    folder = with_mlflow_store(tmp_path_factory.mktemp("trained"), mlflow_db)
     for prefix, n, seed in (("train", 200, 0), ("t10k", N_TEST, 1)):
         x, y = squares(n, seed)
         (folder / "idx").mkdir(exist_ok=True)
@@ -185,10 +185,10 @@ def _lr_study(data: Path, low: float, top: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory, data: Path) -> SimpleNamespace:
+def swept(tmp_path_factory, mlflow_db: Path, data: Path) -> SimpleNamespace:
     """A 1-trial sweep at a learning rate that learns nothing, then resumed to 2 trials at one
     that learns: the second trial is better by construction."""
-    folder = tmp_path_factory.mktemp("swept")
+    folder = with_mlflow_store(tmp_path_factory.mktemp("swept"), mlflow_db)
     top = 'objective = "best_val_loss"'
     (folder / "study.toml").write_text(_lr_study(data, 1e-7, top))
     first = sweep_ok("study.toml", cwd=folder)
@@ -240,15 +240,13 @@ def test_sweep_report_links_the_kept_model_and_the_best_confusion_matrix(swept):
 
 @pytest.mark.parametrize(("keep", "models"), [("all", 2), ("none", 0)])
 def test_keep_models_all_keeps_every_trial_and_none_keeps_nothing(
-    tmp_path: Path, data: Path, keep: str, models: int
+    work: Path, data: Path, keep: str, models: int
 ):
     from nin_search.checkpoint import live_models
 
-    (tmp_path / "s.toml").write_text(
-        study_text("keep-" + keep, data, top=f'keep_models = "{keep}"')
-    )
-    res = sweep_ok("s.toml", cwd=tmp_path)
-    _store(tmp_path)
+    (work / "s.toml").write_text(study_text("keep-" + keep, data, top=f'keep_models = "{keep}"'))
+    res = sweep_ok("s.toml", cwd=work)
+    _store(work)
     assert len(live_models("keep-" + keep)) == models
     # nothing kept, nothing registered
     assert ("registry:" in res.stdout) == (keep != "none")

@@ -16,6 +16,7 @@ import mlflow
 import optuna
 import pandas as pd
 import pytest
+from conftest import with_mlflow_store
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 from test_sweep import (
@@ -26,7 +27,6 @@ from test_sweep import (
     sweep,
     sweep_ok,
     sweep_refused,
-    with_mlflow_store,
     write_study,
 )
 
@@ -38,14 +38,6 @@ WIDTHS = {"model.width": "{ choices = [0.125, 0.5] }"}
 SPACE = WIDTHS | {"train.lr": "{ low = 1e-3, high = 1e-2, log = true }"}
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    """An empty MLflow SQLite store, migrated once, for the module's sweeps to copy."""
-    path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
 def write_sized(folder: Path, name: str, data: Path, **kw) -> Path:
     """write_study searching model.width: the tables leave it at its default, 1.0."""
     path = write_study(folder, name, data, **kw)
@@ -54,9 +46,9 @@ def write_sized(folder: Path, name: str, data: Path, **kw) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pareto(tmp_path_factory, data: Path, store: Path) -> SimpleNamespace:
+def pareto(tmp_path_factory, data: Path, mlflow_db: Path) -> SimpleNamespace:
     """Two trials of a two-objective study, resumed to its target of 4, then `report`."""
-    folder = with_mlflow_store(tmp_path_factory.mktemp("pareto"), store)
+    folder = with_mlflow_store(tmp_path_factory.mktemp("pareto"), mlflow_db)
     write_sized(
         folder,
         "pareto",
@@ -215,8 +207,8 @@ def test_report_draws_the_front_and_accuracy_against_macs(pareto):
         assert f"<td>{t.number}</td>" in page
 
 
-def test_two_workers_finish_a_multi_objective_study_exactly(tmp_path: Path, data: Path, store):
-    folder = with_mlflow_store(tmp_path, store)
+def test_two_workers_finish_a_multi_objective_study_exactly(tmp_path: Path, data: Path, mlflow_db):
+    folder = with_mlflow_store(tmp_path, mlflow_db)
     write_sized(folder, "duo", data, n_trials=3, params=SPACE, top=PARETO)
     # OMP_NUM_THREADS unset (the helpers set it to 1): --workers splits the cores between them
     res = sweep_ok("study.toml", "--workers", "2", cwd=folder, env={"OMP_NUM_THREADS": ""})
@@ -235,11 +227,11 @@ def test_two_workers_finish_a_multi_objective_study_exactly(tmp_path: Path, data
 
 
 @pytest.fixture(scope="module")
-def budget(tmp_path_factory, data: Path, store: Path) -> SimpleNamespace:
+def budget(tmp_path_factory, data: Path, mlflow_db: Path) -> SimpleNamespace:
     return swept_and_reported(
         tmp_path_factory,
         data,
-        store,
+        mlflow_db,
         "budget",
         n_trials=6,
         params=WIDTHS,
@@ -249,9 +241,9 @@ def budget(tmp_path_factory, data: Path, store: Path) -> SimpleNamespace:
     )
 
 
-def swept_and_reported(tmp_path_factory, data: Path, store: Path, name: str, **kw):
+def swept_and_reported(tmp_path_factory, data: Path, mlflow_db: Path, name: str, **kw):
     """A sized study file of this name (kw: write_study's), swept to its target, then `report`."""
-    folder = with_mlflow_store(tmp_path_factory.mktemp(name), store)
+    folder = with_mlflow_store(tmp_path_factory.mktemp(name), mlflow_db)
     write_sized(folder, name, data, **kw)
     res = sweep_ok("study.toml", cwd=folder)
     report = cli_report(folder, name)
@@ -308,9 +300,9 @@ def test_tpe_learns_to_avoid_the_over_budget_config(budget):
 
 
 def test_diverged_multi_objective_trial_stops_at_once_and_its_run_fails(
-    tmp_path: Path, data: Path, store: Path
+    tmp_path: Path, data: Path, mlflow_db: Path
 ):
-    folder = with_mlflow_store(tmp_path, store)
+    folder = with_mlflow_store(tmp_path, mlflow_db)
     write_sized(
         folder,
         "mdiverge",
@@ -331,12 +323,12 @@ def test_diverged_multi_objective_trial_stops_at_once_and_its_run_fails(
 
 
 @pytest.fixture(scope="module")
-def budget_front(tmp_path_factory, data: Path, store: Path) -> SimpleNamespace:
+def budget_front(tmp_path_factory, data: Path, mlflow_db: Path) -> SimpleNamespace:
     """A two-objective study with a MACs budget, then `report`."""
     return swept_and_reported(
         tmp_path_factory,
         data,
-        store,
+        mlflow_db,
         "bfront",
         n_trials=3,
         params=SPACE,

@@ -17,7 +17,7 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-from conftest import squares
+from conftest import squares, with_mlflow_store
 from optuna.trial import TrialState
 from test_ablation import ablation_text, nin_ok, start_nin
 from test_sweep import runs, start_sweep, trials, write_study
@@ -262,12 +262,15 @@ def _snapshot_epoch(folder: Path) -> int:
         return 0
 
 
-def test_a_killed_ablation_cell_resumes_from_its_snapshot_with_the_same_result(tmp_path, data):
+def test_a_killed_ablation_cell_resumes_from_its_snapshot_with_the_same_result(
+    tmp_path, mlflow_db, data
+):
     epochs = 30
     text = ablation_text("snap", data, seeds="[0]").replace("epochs = 2", f"epochs = {epochs}")
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     for folder in (straight, killed):
         folder.mkdir()
+        with_mlflow_store(folder, mlflow_db)
         (folder / "abl.toml").write_text(text)
     nin_ok("ablate", "abl.toml", cwd=straight)
     assert not list((straight / ROOT).glob("*.pt"))  # finished cells leave no snapshot
@@ -310,29 +313,29 @@ def _wait_for_snapshot(proc: subprocess.Popen, folder: Path, epoch: int) -> None
         time.sleep(0.05)
 
 
-def test_an_interrupted_sweep_trial_leaves_no_snapshot(tmp_path, data):
+def test_an_interrupted_sweep_trial_leaves_no_snapshot(work, data):
     # a sweep never reruns an interrupted trial: a file would only take disk space
-    write_study(tmp_path, "ctrlc", data, n_trials=1, settings={"train.epochs": 100})
-    proc = start_sweep("study.toml", cwd=tmp_path)
-    _wait_for_snapshot(proc, tmp_path, 1)
+    write_study(work, "ctrlc", data, n_trials=1, settings={"train.epochs": 100})
+    proc = start_sweep("study.toml", cwd=work)
+    _wait_for_snapshot(proc, work, 1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode in (130, -signal.SIGINT), err
-    assert not list((tmp_path / ROOT).glob("*.pt"))
+    assert not list((work / ROOT).glob("*.pt"))
 
 
-def test_a_sigtermed_ablation_cell_keeps_its_snapshot_and_the_rerun_goes_on(tmp_path, data):
+def test_a_sigtermed_ablation_cell_keeps_its_snapshot_and_the_rerun_goes_on(work, data):
     # SIGTERM (Slurm, systemd, kill) stops the cell; the rerun reruns it from its last epoch
     text = ablation_text("term", data, seeds="[0]").replace("epochs = 2", "epochs = 12")
-    (tmp_path / "abl.toml").write_text(text)
-    proc = start_nin("ablate", "abl.toml", cwd=tmp_path, stdout=subprocess.DEVNULL)
-    _wait_for_snapshot(proc, tmp_path, 2)
+    (work / "abl.toml").write_text(text)
+    proc = start_nin("ablate", "abl.toml", cwd=work, stdout=subprocess.DEVNULL)
+    _wait_for_snapshot(proc, work, 2)
     proc.terminate()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    at = _snapshot_epoch(tmp_path)
+    at = _snapshot_epoch(work)
     assert at >= 2  # kept
-    res = nin_ok("ablate", "abl.toml", cwd=tmp_path)
+    res = nin_ok("ablate", "abl.toml", cwd=work)
     replayed = [ln for ln in res.stdout.splitlines() if ln.endswith("from its snapshot")]
     assert len(replayed) == at, res.stdout
-    assert not list((tmp_path / ROOT).glob("*.pt"))
+    assert not list((work / ROOT).glob("*.pt"))

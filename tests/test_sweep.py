@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from types import SimpleNamespace
 import mlflow
 import optuna
 import pytest
+from conftest import with_mlflow_store
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
@@ -166,26 +166,6 @@ def wait_for_running_trial(proc: subprocess.Popen, folder: Path, name: str) -> i
         assert proc.poll() is None, proc.stderr.read()
         time.sleep(0.1)
     raise AssertionError("no trial started within 120 s")
-
-
-@pytest.fixture(scope="module")
-def mlflow_db(tmp_path_factory) -> Path:
-    """An empty MLflow SQLite store, migrated once (about 6 s), for tests to copy."""
-    path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
-def with_mlflow_store(folder: Path, mlflow_db: Path) -> Path:
-    """folder with a ready (empty) default MLflow store in mlruns/."""
-    (folder / "mlruns").mkdir()
-    shutil.copy(mlflow_db, folder / "mlruns" / "mlflow.db")
-    return folder
-
-
-@pytest.fixture
-def work(tmp_path: Path, mlflow_db: Path) -> Path:
-    return with_mlflow_store(tmp_path, mlflow_db)
 
 
 # --- one tiny sweep through the CLI on fresh default stores -------------------------------

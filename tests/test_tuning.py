@@ -16,6 +16,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from conftest import with_mlflow_store
 from optuna.trial import TrialState
 from scipy import stats as sps
 from test_ablation import ablation_text, nin, nin_ok, start_nin
@@ -182,8 +183,8 @@ def tuning_runs(df: pd.DataFrame) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def finder(tmp_path_factory, data: Path) -> SimpleNamespace:
-    folder = tmp_path_factory.mktemp("perarm")
+def finder(tmp_path_factory, mlflow_db: Path, data: Path) -> SimpleNamespace:
+    folder = with_mlflow_store(tmp_path_factory.mktemp("perarm"), mlflow_db)
     (folder / "abl.toml").write_text(per_arm_text("perarm", data))
     first = nin_ok("ablate", "abl.toml", cwd=folder)
     second = nin_ok("ablate", "abl.toml", cwd=folder)
@@ -225,43 +226,43 @@ def test_resume_reruns_no_tuning_and_no_cell(finder):
     assert "nothing to do" in finder.second.stdout
 
 
-def test_no_recommendation_means_the_arm_is_not_run(tmp_path, data):
+def test_no_recommendation_means_the_arm_is_not_run(work, data):
     # the plain NiN (no BatchNorm) in 40 steps: the loss never falls for either arm
-    (tmp_path / "abl.toml").write_text(per_arm_text("nolr", data, seeds="[0]", bn=False))
-    res = nin_ok("ablate", "abl.toml", cwd=tmp_path)
-    assert trials(tmp_path, "nolr") == []  # no cell ran at any other lr
-    md = (tmp_path / "reports" / "nolr" / "summary.md").read_text()
+    (work / "abl.toml").write_text(per_arm_text("nolr", data, seeds="[0]", bn=False))
+    res = nin_ok("ablate", "abl.toml", cwd=work)
+    assert trials(work, "nolr") == []  # no cell ran at any other lr
+    md = (work / "reports" / "nolr" / "summary.md").read_text()
     assert "sgd: not run: the lr-finder gave no recommendation" in md
     assert "adam: not run" in md and "nothing to do" in res.stdout
 
 
-def test_finder_killed_mid_test_reruns_and_leaves_no_run_running(tmp_path, data):
+def test_finder_killed_mid_test_reruns_and_leaves_no_run_running(work, data):
     slow = FINDER.replace("num_iter = 40", "num_iter = 300")  # long enough to be killed in
-    (tmp_path / "abl.toml").write_text(per_arm_text("kfind", data, slow, seeds="[0]"))
+    (work / "abl.toml").write_text(per_arm_text("kfind", data, slow, seeds="[0]"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "nin_search", "ablate", "abl.toml"],
-        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        cwd=work, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     for line in proc.stdout:  # the first arm's range test is about to begin
         if "arm sgd: lr-finder (" in line:
             break
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:  # until its MLflow run exists
-        df = runs(tmp_path, "kfind")
+        df = runs(work, "kfind")
         if len(df) and len(tuning_runs(df)):
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGSTOP)  # frozen mid-test while the test looks
-    left = tuning_runs(runs(tmp_path, "kfind"))
+    left = tuning_runs(runs(work, "kfind"))
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     # the killed command left its finder run RUNNING, and kept no choice
     assert list(left["status"]) == ["RUNNING"] and list(left["tags.nin.arm"]) == ["sgd"]
-    url = f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}"
+    url = f"sqlite:///{work / 'mlruns' / 'optuna.db'}"
     assert records(optuna.load_study(study_name="kfind", storage=url).user_attrs) == {}
-    res = nin_ok("ablate", "abl.toml", cwd=tmp_path)
+    res = nin_ok("ablate", "abl.toml", cwd=work)
     assert "arm sgd: lr-finder (" in res.stdout  # the killed step ran again
-    df = runs(tmp_path, "kfind")
+    df = runs(work, "kfind")
     tuning = tuning_runs(df).set_index("run_id")
     # the dead run ended FAILED; one finished finder run per arm; nothing left RUNNING
     assert tuning.loc[left["run_id"].iloc[0], "status"] == "FAILED"
@@ -286,12 +287,12 @@ SEARCH_ARMS = {"sgd": {"train.optimizer": "sgd", "train.momentum": 0.9}, "adam":
 SEARCH_BEST = {"sgd": CANDIDATES[2], "adam": CANDIDATES[0]}
 
 
-def test_search_per_arm_tunes_on_a_tuning_seed_and_survives_sigkill(tmp_path, data):
+def test_search_per_arm_tunes_on_a_tuning_seed_and_survives_sigkill(work, data):
     text = per_arm_text("search", data, SEARCH, seeds="[0]", arms=SEARCH_ARMS)
-    (tmp_path / "abl.toml").write_text(text.replace("epochs = 2\n", "epochs = 3\n"))
+    (work / "abl.toml").write_text(text.replace("epochs = 2\n", "epochs = 3\n"))
     beat = {"NIN_SEARCH_HEARTBEAT_S": "1"}
-    proc = start_nin("ablate", "abl.toml", cwd=tmp_path, env=beat)
-    url = f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}"
+    proc = start_nin("ablate", "abl.toml", cwd=work, env=beat)
+    url = f"sqlite:///{work / 'mlruns' / 'optuna.db'}"
     for line in proc.stdout:  # the first arm's search has begun
         if "lr search" in line:
             break
@@ -299,7 +300,7 @@ def test_search_per_arm_tunes_on_a_tuning_seed_and_survives_sigkill(tmp_path, da
     while killed is None and time.monotonic() < deadline:  # kill it mid-trial
         running = [
             t
-            for t in trials(tmp_path, "search [tune sgd]", url)
+            for t in trials(work, "search [tune sgd]", url)
             if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs
         ]
         killed = running[0] if running else time.sleep(0.05)
@@ -307,29 +308,29 @@ def test_search_per_arm_tunes_on_a_tuning_seed_and_survives_sigkill(tmp_path, da
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     time.sleep(3.5)  # past the heartbeat grace (3 x 1 s): the dead trial is failed and retried
-    res = nin("ablate", "abl.toml", cwd=tmp_path, env=beat, timeout=600)
+    res = nin("ablate", "abl.toml", cwd=work, env=beat, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     for arm in ARMS:
-        tune = trials(tmp_path, f"search [tune {arm}]", url)
+        tune = trials(work, f"search [tune {arm}]", url)
         done = [t for t in tune if t.state == TrialState.COMPLETE]
         assert len(done) == 3, [(t.number, t.state) for t in tune]
         assert all(t.state != TrialState.RUNNING for t in tune)
         # the same three lrs for both arms, the killed sgd one too (not a fresh sampler's draw)
         assert sorted(t.params["train.lr"] for t in done) == pytest.approx(sorted(CANDIDATES))
-    cells = trials(tmp_path, "search")
+    cells = trials(work, "search")
     assert sorted(t.params["arm"] for t in cells) == ["adam", "sgd"]
     chosen = records(optuna.load_study(study_name="search", storage=url).user_attrs)
     for t in cells:  # each cell at its arm's best tuning lr, seed 0 (tuning seed 1000)
         best = max(
-            (x for x in trials(tmp_path, f"search [tune {t.params['arm']}]", url)
+            (x for x in trials(work, f"search [tune {t.params['arm']}]", url)
              if x.state == TrialState.COMPLETE), key=lambda x: x.value,
         )  # fmt: skip
         assert chosen[t.params["arm"]]["lr"] == best.params["train.lr"]
     # their curves differ, and so do their lrs: each arm's cell trains at its own best one
     assert {arm: chosen[arm]["lr"] for arm in ARMS} == pytest.approx(SEARCH_BEST)
-    dead = [t for t in trials(tmp_path, "search [tune sgd]", url) if t.number == killed.number]
+    dead = [t for t in trials(work, "search [tune sgd]", url) if t.number == killed.number]
     assert dead[0].state == TrialState.FAIL  # failed by its heartbeat, then retried
-    df = runs(tmp_path, "search")
+    df = runs(work, "search")
     assert df.set_index("run_id").loc[killed.user_attrs["mlflow_run_id"], "status"] == "FAILED"
     tuning = tuning_runs(df)
     # every tuning run at the tuning seed (the killed one may have died before its params)
@@ -338,11 +339,11 @@ def test_search_per_arm_tunes_on_a_tuning_seed_and_survives_sigkill(tmp_path, da
     # each arm's search runs are its own (3 trials each, sgd's killed try beside them)
     assert tuning.groupby("tags.nin.arm").size().to_dict() == {"adam": 3, "sgd": 4}
     assert len(df[(df["tags.nin.role"] != "tuning") & df["tags.nin.arm"].notna()]) == 2
-    before = {arm: len(trials(tmp_path, f"search [tune {arm}]", url)) for arm in ARMS}
-    again = nin_ok("ablate", "abl.toml", cwd=tmp_path, env=beat)  # finished: nothing reruns
-    after = {arm: len(trials(tmp_path, f"search [tune {arm}]", url)) for arm in ARMS}
-    assert after == before and len(trials(tmp_path, "search")) == len(cells)
-    assert len(runs(tmp_path, "search")) == len(df)
+    before = {arm: len(trials(work, f"search [tune {arm}]", url)) for arm in ARMS}
+    again = nin_ok("ablate", "abl.toml", cwd=work, env=beat)  # finished: nothing reruns
+    after = {arm: len(trials(work, f"search [tune {arm}]", url)) for arm in ARMS}
+    assert after == before and len(trials(work, "search")) == len(cells)
+    assert len(runs(work, "search")) == len(df)
     assert "tuning trial" not in again.stdout and "2 of 2 cells finished" in again.stdout
 
 
@@ -379,17 +380,17 @@ def test_an_arm_that_fixes_the_tuned_lr_is_refused(tmp_path, data):
     assert res.returncode == 2 and "[arms.sgd] also set(s) train.lr" in res.stderr, res.stderr
 
 
-def test_workers_train_every_cell_at_the_lr_tuned_before_they_start(tmp_path, data):
-    (tmp_path / "abl.toml").write_text(per_arm_text("workers", data, seeds="[0, 1]"))
-    res = nin_ok("ablate", "abl.toml", "--workers", "2", cwd=tmp_path)
+def test_workers_train_every_cell_at_the_lr_tuned_before_they_start(work, data):
+    (work / "abl.toml").write_text(per_arm_text("workers", data, seeds="[0, 1]"))
+    res = nin_ok("ablate", "abl.toml", "--workers", "2", cwd=work)
     assert res.stdout.count("lr-finder (40 steps") == 2  # tuned once, by the parent
-    url = f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}"
+    url = f"sqlite:///{work / 'mlruns' / 'optuna.db'}"
     chosen = records(optuna.load_study(study_name="workers", storage=url).user_attrs)
-    cells = [t for t in trials(tmp_path, "workers") if t.state == TrialState.COMPLETE]
+    cells = [t for t in trials(work, "workers") if t.state == TrialState.COMPLETE]
     assert sorted((t.params["arm"], t.params["train.seed"]) for t in cells) == [
         ("adam", 0), ("adam", 1), ("sgd", 0), ("sgd", 1)
     ]  # fmt: skip
-    df = runs(tmp_path, "workers").set_index("run_id")
+    df = runs(work, "workers").set_index("run_id")
     for t in cells:
         lr = float(df.loc[t.user_attrs["mlflow_run_id"], "params.train.lr"])
         assert lr == chosen[t.params["arm"]]["lr"]

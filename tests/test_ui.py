@@ -82,15 +82,15 @@ def ui_server(cwd: Path):
             server.wait()
 
 
-def test_mlflow_ui_lists_the_arm_runs(tmp_path: Path, data: Path):
+def test_mlflow_ui_lists_the_arm_runs(work: Path, data: Path):
     from playwright.sync_api import sync_playwright
 
-    (tmp_path / "abl.toml").write_text(ablation_text("ui-ablation", data))
-    nin_ok("ablate", "abl.toml", cwd=tmp_path)
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    (work / "abl.toml").write_text(ablation_text("ui-ablation", data))
+    nin_ok("ablate", "abl.toml", cwd=work)
+    client = mlflow.MlflowClient(f"sqlite:///{work / 'mlruns' / 'mlflow.db'}")
     exp_id = client.get_experiment_by_name("ui-ablation").experiment_id
 
-    with ui_server(tmp_path) as url:
+    with ui_server(work) as url:
         port = int(url.rsplit(":", 1)[1])
         outside = _outside_address()
         if outside:  # bound to 127.0.0.1 only: not reachable on the machine's own address
@@ -111,7 +111,7 @@ def test_mlflow_ui_lists_the_arm_runs(tmp_path: Path, data: Path):
             row.locator("button[data-component-id*='runnamecellrenderer']").first.click()
             for name in names:
                 page.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
-            shot = tmp_path / "mlflow_ui.png"
+            shot = work / "mlflow_ui.png"
             page.screenshot(path=str(shot), full_page=True)
             browser.close()
         assert shot.stat().st_size > 10_000
@@ -121,21 +121,21 @@ def test_mlflow_ui_lists_the_arm_runs(tmp_path: Path, data: Path):
             shutil.copy(shot, Path(keep) / shot.name)
 
 
-def test_mlflow_ui_shows_a_train_runs_model_and_gallery(tmp_path: Path, data: Path):
+def test_mlflow_ui_shows_a_train_runs_model_and_gallery(work: Path, data: Path):
     from playwright.sync_api import sync_playwright
 
-    (tmp_path / "tiny.toml").write_text(TINY)
+    (work / "tiny.toml").write_text(TINY)
     res = cli(
         "train", "--config", "tiny.toml", "--set", f"data.data_dir={data}", "--final-eval",
-        cwd=tmp_path,
+        cwd=work,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client = mlflow.MlflowClient(f"sqlite:///{work / 'mlruns' / 'mlflow.db'}")
     exp_id = client.get_experiment_by_name("nin-train").experiment_id
     run = client.search_runs([exp_id])[0]
     model_id = run.outputs.model_outputs[0].model_id
     base = f"#/experiments/{exp_id}"
-    with ui_server(tmp_path) as url, sync_playwright() as p:
+    with ui_server(work) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         # the run's page lists its logged model, linked to the model's own page
@@ -151,7 +151,7 @@ def test_mlflow_ui_shows_a_train_runs_model_and_gallery(tmp_path: Path, data: Pa
         gallery.locator("figure img").first.wait_for(timeout=90_000)
         assert gallery.locator("figure").count() == 16  # the whole 16-image test split
         assert "pred: " in gallery.locator("figure").first.inner_text()
-        page.screenshot(path=str(tmp_path / "mlflow_gallery.png"), full_page=True)
+        page.screenshot(path=str(work / "mlflow_gallery.png"), full_page=True)
         # the model's page: the MLflow model and the weights-only file beside it
         page.goto(f"{url}/{base}/models/{model_id}/artifacts")
         for name in ("MLmodel", "extra_files", "data"):
@@ -160,4 +160,4 @@ def test_mlflow_ui_shows_a_train_runs_model_and_gallery(tmp_path: Path, data: Pa
     keep = os.environ.get("NIN_SEARCH_SCREENSHOTS")
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
-        shutil.copy(tmp_path / "mlflow_gallery.png", Path(keep) / "mlflow_gallery.png")
+        shutil.copy(work / "mlflow_gallery.png", Path(keep) / "mlflow_gallery.png")

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from test_sweep import _env, start_sweep, sweep_ok, trials, wait_for_running_trial, write_study
 
 # the sweep tests' fixtures: a migrated MLflow store to copy, a folder holding one, PostgreSQL
-mlflow_db, work, pg_url = test_sweep.mlflow_db, test_sweep.work, test_sweep.pg_url
+pg_url = test_sweep.pg_url
 
 
 def this_run(stdout: str) -> int:
