@@ -2,11 +2,11 @@
 
     python -m nin_search summary --set data.resize=224 --format table
 
-Shapes come from one forward pass of one zero image: on the CPU up to 256 px (milliseconds), on
-the meta device above (no memory, no compute, but a first meta pass costs seconds). MACs are the
-multiply-adds of conv and linear weights, the convention of fvcore and ptflops and half the
-FLOPs of torch.utils.flop_counter. The engine part imports only torch; format_summary() uses
-pandas for tables and CSV.
+Shapes come from one forward pass of one zero image: on the CPU for a body of up to 2 G
+multiply-adds (milliseconds), on the meta device above (no memory, no compute, but a first meta
+pass costs seconds). MACs are the multiply-adds of conv and linear weights, the convention of
+fvcore and ptflops and half the FLOPs of torch.utils.flop_counter. The engine part imports only
+torch; format_summary() uses pandas for tables and CSV.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from nin_search.config import Config
 from nin_search.model import build_model, spatial_trace
 
 BYTES = {"fp32": 4, "bf16": 2}
-CPU_PASS_MAX = 256  # px: the largest input whose shape pass runs on the CPU (d2l NiN: ~40 ms)
+# the largest body (conv multiply-adds) whose shape pass runs on the CPU: the d2l NiN at 224 px
+# has 0.76 G (~40 ms on one Zen 3 core); nin19 at width 8 and 256 px has 2 T (minutes)
+CPU_PASS_MAX_MACS = 2e9
 OPTIMIZER_STATES = {"sgd": 0, "adam": 2, "adamw": 2}  # tensors of parameter size; +1 for momentum
 
 
@@ -43,6 +45,18 @@ def _dropped(trace: list, name: str) -> str:
             r = (n_in + 2 * p - k) % s
             return f"{r} px at bottom/right" if r else ""
     return ""
+
+
+def shape_pass_device(trace: list) -> str:
+    """'cpu' for a body of at most CPU_PASS_MAX_MACS conv multiply-adds, else 'meta'. The meta
+    device runs ops through Python decompositions whose first use imports torch._dynamo (about 3 s,
+    paid by every summary, lr-finder and ablation); one real image is faster for a small net."""
+    macs = sum(
+        n_out**2 * m.out_channels * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        for _, m, _, n_out in trace
+        if isinstance(m, nn.Conv2d)
+    )
+    return "cpu" if macs <= CPU_PASS_MAX_MACS else "meta"
 
 
 def summarize(cfg: Config, in_channels: int = 1, num_classes: int = 10) -> dict[str, Any]:
@@ -71,9 +85,7 @@ def summarize(cfg: Config, in_channels: int = 1, num_classes: int = 10) -> dict[
     for name, m in net.named_modules():
         if not list(m.children()):
             m.register_forward_hook(hook(name))
-    # the meta device runs ops through Python decompositions that import torch._dynamo (about
-    # 3 s, paid by every summary, lr-finder and ablation); up to 256 px a real pass is faster
-    device = "cpu" if size <= CPU_PASS_MAX else "meta"
+    device = shape_pass_device(trace)
     with torch.no_grad():
         net.to(device).eval()(torch.zeros(1, in_channels, size, size, device=device))
 

@@ -3,6 +3,7 @@ MLflow store to copy."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import shutil
@@ -119,7 +120,8 @@ def mlflow_db(tmp_path_factory) -> Path:
     import mlflow
 
     path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    with contextlib.chdir(path.parent):  # the Default experiment's artifacts: in there, not here
+        mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
     return path
 
 

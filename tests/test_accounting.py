@@ -13,9 +13,9 @@ from test_model import KNOBS, SMALL, WIDTH
 from torch.utils.flop_counter import FlopCounterMode
 
 import nin_search.accounting as accounting
-from nin_search.accounting import format_summary, summarize
+from nin_search.accounting import format_summary, shape_pass_device, summarize
 from nin_search.config import PRESETS, load_config
-from nin_search.model import build_model, count_params
+from nin_search.model import build_model, count_params, spatial_trace
 
 
 def cfg_for(preset: str, size: int, **knobs):
@@ -46,12 +46,31 @@ def test_macs_equal_flop_counter_half_and_params_equal_the_model(preset: str, kn
 @pytest.mark.parametrize("knob", list(KNOBS))
 def test_the_cpu_pass_and_the_meta_pass_give_the_same_summary(preset, knob, monkeypatch):
     cfg = cfg_for(preset, SMALL[preset], **KNOBS[knob])
-    on_cpu = summarize(cfg)  # SMALL sizes are all under CPU_PASS_MAX
-    monkeypatch.setattr(accounting, "CPU_PASS_MAX", 0)  # every size on the meta device
+    assert shape_pass_device(spatial_trace(cfg.model, SMALL[preset])) == "cpu"
+    on_cpu = summarize(cfg)
+    monkeypatch.setattr(accounting, "CPU_PASS_MAX_MACS", -1)  # every net on the meta device
     assert summarize(cfg) == on_cpu
 
 
-def test_a_summary_up_to_256_px_never_imports_torch_dynamo():
+@pytest.mark.parametrize(
+    ("sets", "device"),
+    [
+        (["model.preset=lin2013", "data.resize=0"], "cpu"),
+        (["model.preset=d2l", "data.resize=224"], "cpu"),  # 0.76 G multiply-adds
+        (["model.preset=nin11", "data.resize=32"], "cpu"),
+        (["model.preset=nin19", "data.resize=224"], "meta"),  # 24.8 G, VGG-19's size
+        (["model.preset=lin2013", "data.resize=224"], "meta"),  # 10.4 G
+        (["model.preset=d2l", "data.resize=1024"], "meta"),
+    ],
+)
+def test_big_nets_take_the_meta_pass(sets: list[str], device: str):
+    cfg = load_config(overrides=sets)
+    macs = summarize(cfg)["totals"]["macs"]
+    assert shape_pass_device(spatial_trace(cfg.model, cfg.data.resize or 28)) == device
+    assert (macs <= 2.1e9) == (device == "cpu")  # the body's estimate is most of the total
+
+
+def test_a_small_nets_summary_never_imports_torch_dynamo():
     # a meta pass imports torch._dynamo on its first op (~3 s, measured 2.7-2.9 s against 0.21 s
     # for lin2013 with BatchNorm on two contended cores): summary, lr-finder and ablate skip it
     script = textwrap.dedent("""
