@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -37,7 +38,7 @@ from nin_search.tracking import (
     setup_tracking,
     ui_command,
 )
-from nin_search.train import fit, resolve_device, resolved
+from nin_search.train import FitResult, fit, resolve_device, resolved
 
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "img_per_s", "epoch_time_s")
 
@@ -60,6 +61,22 @@ def open_experiment(name: str) -> tuple[str, str]:
     uri = setup_tracking()
     with StoreLock(uri if uri.startswith("sqlite") else None):
         return uri, experiment_id(name)
+
+
+def chance_note(result: FitResult, batch_norm: bool) -> str:
+    """What to do about a run that ended at chance without its val accuracy ever leaving it."""
+    last, k = result.history[-1], result.num_classes
+    top = max(h["train_acc"] for h in result.history)
+    bn = (
+        "; or set model.batch_norm=true (without it the NiN can sit at ln 10 for hundreds of "
+        "steps)"
+    )
+    return (
+        f"did not learn: val_acc {last['val_acc']:.4f} after {last['epoch']} epoch(s) is chance "
+        f"for {k} classes (val loss {last['val_loss']:.4g}; a constant guess scores ln {k} = "
+        f"{math.log(k):.3f}; best train_acc {top:.4f}); find an lr with `python -m nin_search "
+        f"lr-finder` and the same --set values{'' if batch_norm else bn}"
+    )
 
 
 def train_run(
@@ -117,6 +134,9 @@ def train_run(
         if result.status != "diverged":
             best = max(result.history, key=lambda h: h["val_acc"])
             print(f"done: best val_acc {best['val_acc']:.4f} at epoch {best['epoch']}")
+            if result.at_chance:
+                mlflow.set_tag("nin.at_chance", "true")
+                print(chance_note(result, cfg.model.batch_norm))
             model_id, size = log_model(result.model, cfg, data.input_size, data.num_classes)
             print(
                 f"model: models:/{model_id} ({size_text(size)}); evaluate it with: "

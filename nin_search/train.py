@@ -6,7 +6,9 @@
 
 One visible loop, no callbacks beyond `on_epoch(metrics) -> str | None`: return a reason to stop
 the run early (a pruned trial), or None to go on. A non-finite loss stops the run with status
-"diverged" and the epoch and step where it happened. Imports only torch (and tqdm if installed).
+"diverged" and the epoch and step where it happened; so does a collapse (collapsed()): the val
+accuracy falls to chance, with a finite loss, after the run had learned. Imports only torch (and
+tqdm if installed).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from nin_search import snapshot as snapshots
+from nin_search.chance import at_chance, collapsed
 from nin_search.config import Config, ConfigError, TrainConfig, finder_rule
 from nin_search.cpu_memory import keep_cpu_memory, release_cpu_memory
 from nin_search.data import Data, batches, train_images
@@ -45,6 +48,8 @@ class FitResult:
     model: nn.Module | None = None
     device: str = "cpu"
     precision: str = "fp32"  # the resolved train.precision it trained at
+    num_classes: int = 10
+    val_images: int = 0
 
     @property
     def best_val_acc(self) -> float:
@@ -55,6 +60,25 @@ class FitResult:
         self.reason = (
             f"loss became non-finite at epoch {epoch}, step {step} ({which}lr {lr:.3g}); "
             "lower train.lr"
+        )
+
+    def collapse(self, lr: float, steps: int) -> None:
+        last = self.history[-1]
+        epoch, best = last["epoch"], max(self.history, key=lambda h: h["val_acc"])
+        self.status, self.diverged_at = "diverged", (epoch, steps)
+        self.reason = (
+            f"collapsed at epoch {epoch} (lr up to {lr:.3g}): val accuracy fell to chance, "
+            f"{last['val_acc']:.4f} for {self.num_classes} classes, after {best['val_acc']:.4f} "
+            f"at epoch {best['epoch']}; the loss stayed finite (val loss {last['val_loss']:.4g}; "
+            f"a constant guess scores ln {self.num_classes} = {math.log(self.num_classes):.3f}); "
+            "lower train.lr"
+        )
+
+    @property
+    def at_chance(self) -> bool:
+        """The last epoch's val accuracy is at chance (AT_CHANCE): the run learned nothing."""
+        return bool(self.history) and at_chance(
+            self.history[-1]["val_acc"], self.val_images, self.num_classes
         )
 
 
@@ -224,7 +248,14 @@ def fit(
     step_model = torch.compile(model) if (t.compile and cuda) else model
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     check_every = CUDA_CHECK_EVERY if cuda else 1  # on the CPU a check costs nothing
-    result = FitResult("completed", model=model, device=str(device), precision=precision)
+    result = FitResult(
+        "completed",
+        model=model,
+        device=str(device),
+        precision=precision,
+        num_classes=data.num_classes,
+        val_images=len(data.val_x),
+    )
     for m in done:  # a killed run of this config got this far: these epochs are not trained again
         result.history.append(m)
         stop = on_epoch(m | {"resumed": True}) if on_epoch else None
@@ -247,6 +278,7 @@ def fit(
         _sync(device)
         start = time.perf_counter()
         checked = 0  # steps already known to be finite
+        peak_lr = 0.0  # the highest lr of the epoch, for a collapse's reason
         for i, (xb, yb) in enumerate(
             batches(
                 data.train_x,
@@ -257,6 +289,7 @@ def fit(
                 train=True,
             )
         ):
+            peak_lr = max(peak_lr, opt.param_groups[0]["lr"])
             logits, loss = train_step(step_model, opt, criterion, xb, yb, device, precision)
             sched.step()
             losses[i] = loss.detach()
@@ -295,6 +328,9 @@ def fit(
             metrics["peak_mem_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
         result.history.append(metrics)
         stop = on_epoch(metrics) if on_epoch else None
+        if collapsed(result.history, len(data.val_x), data.num_classes):
+            result.collapse(peak_lr, steps)
+            break
         if stop:
             result.status, result.reason = "stopped", stop
             break

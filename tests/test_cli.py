@@ -11,8 +11,9 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from conftest import with_mlflow_store
+from conftest import squares, with_mlflow_store, write_idx
 
+from nin_search.chance import at_chance
 from nin_search.config import FINDER_RULES, ConfigError
 from nin_search.train import resolve_precision
 
@@ -100,6 +101,10 @@ def test_train_logs_params_and_per_epoch_metrics_to_the_default_store(tiny: Path
         history = client.get_metric_history(run["run_id"], key)
         # one value per epoch with step = epoch
         assert sorted(m.step for m in history) == [1, 2], key
+    # 7 of 40 right is not chance by chance.py's rule (< 0.15): no "did not learn" note, no tag
+    final = client.get_metric_history(run["run_id"], "val_acc")[-1].value
+    assert final == 0.175 and not at_chance(final, 40, 10)
+    assert "did not learn" not in res.stdout and "tags.nin.at_chance" not in runs
     # the test set is reported as a final evaluation, once
     assert 0.0 <= run["metrics.test_acc"] <= 1.0
     artifacts = {a.path for a in client.list_artifacts(run["run_id"])}
@@ -184,6 +189,34 @@ def test_diverging_run_exits_1_and_ends_failed(tiny_stored: Path):
     # nothing stays RUNNING: the run ends FAILED with the place it diverged
     assert run["status"] == "FAILED"
     assert run["tags.nin.status"] == "diverged" and run["tags.nin.diverged_epoch"] == "1"
+
+
+def test_a_run_that_collapses_to_chance_exits_1_and_ends_failed(tmp_path: Path, mlflow_db):
+    # the squares task, fully connected head, plain SGD at lr 5: val 0.29 of 200 in epoch 1, at
+    # chance in epoch 2 with a finite loss (tests/test_chance.py): no longer "done"
+    work = with_mlflow_store(tmp_path, mlflow_db)
+    (work / "sq").mkdir()
+    for prefix, n in (("train", 800), ("t10k", 16)):
+        x, y = squares(n)
+        write_idx(work / "sq" / f"{prefix}-images-idx3-ubyte", x)
+        write_idx(work / "sq" / f"{prefix}-labels-idx1-ubyte", y)
+    sets = [
+        f"data.data_dir={work / 'sq'}", "model.preset='lin2013'", "model.width=0.25",
+        "data.resize=16", "train.batch_size=32", "data.val_size=200", "model.head='fc'",
+        "model.batch_norm=true", "model.dropout=0", "train.optimizer='sgd'",
+        "train.schedule='onecycle'", "train.epochs=4", "train.lr=5",
+    ]  # fmt: skip
+    res = cli("train", *[a for s in sets for a in ("--set", s)], cwd=work)
+    assert res.returncode == 1, res.stderr
+    assert "diverged: collapsed at epoch 2 (lr up to 5): val accuracy fell" in res.stdout
+    assert "done:" not in res.stdout
+    mlflow.set_tracking_uri(f"sqlite:///{work / 'mlruns' / 'mlflow.db'}")
+    run = mlflow.search_runs(experiment_names=["nin-train"]).iloc[0]
+    assert run["status"] == "FAILED" and run["tags.nin.status"] == "diverged"
+    assert run["tags.nin.diverged_epoch"] == "2"
+    # both epochs are logged: the curve shows the fall
+    history = mlflow.MlflowClient().get_metric_history(run["run_id"], "val_acc")
+    assert [m.step for m in history] == [1, 2] and history[1].value < 0.15
 
 
 def test_summary_json_has_totals_and_output_shapes(tmp_path: Path):
