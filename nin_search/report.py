@@ -68,7 +68,7 @@ def _fmt(table: pd.DataFrame) -> pd.DataFrame:
     """Readable numbers: accuracies to 4 places, p to 3 significant digits, sizes with commas."""
     out = table.copy().astype(object)
     for col in table.columns:
-        if col in ("arm", "n", "diverged", "missing", "converged"):
+        if col in ("arm", "n", "diverged", "missing", "converged", "at_chance"):
             continue
         digits = {"lr": ".3g", "img_per_s": ",.0f", "params": ",", "macs": ","}
         fmt = ".3g" if "p_" in col else digits.get(col, ".4f")
@@ -110,7 +110,14 @@ def ablation_markdown(
         f"over seeds; converged: last_gain < {gain} points"
     )
     for row in table.itertuples():
-        if row.converged is False:
+        if row.at_chance:
+            at = f" at lr {row.lr:.3g}" if pd.notna(row.lr) else ""
+            lines.append(
+                f"- {row.arm}: {row.at_chance} of {row.n} seeds ended at chance, their val "
+                f"accuracy never above it (nothing learned{at}): its mean says "
+                "nothing about the architecture"
+            )
+        if row.converged is False and row.last_gain >= stats.CONVERGED_GAIN:
             lines.append(
                 f"- {row.arm} did not converge (it still gained {100 * row.last_gain:.2f} "
                 f"points at the end): its verdict may reflect training speed"

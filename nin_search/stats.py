@@ -11,8 +11,10 @@ columns get the same paired statistics (test_delta ... test_p_holm); they are on
 Convergence: last_gain is the mean over an arm's finished seeds of the val accuracy gained over
 its last 10% of epochs (at least the last one); converged is last_gain < CONVERGED_GAIN, 0.5
 points: an arm still gaining that much per last tenth of its training could change a verdict
-of that size with more epochs, so its verdict may reflect training speed. Diverged runs have no
-value: they are counted, not averaged, and drop out of the pairs.
+of that size with more epochs, so its verdict may reflect training speed. at_chance counts the
+finished seeds whose val accuracy never left chance (chance.py): flat at chance is no
+convergence, so such an arm is not converged. Diverged runs (a non-finite loss, or a collapse
+to chance) have no value: they are counted, not averaged, and drop out of the pairs.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ COLUMNS = [
     "arm", "lr", "n", "mean", "sd", "ci_low", "ci_high",
     "delta", "delta_ci_low", "delta_ci_high", "p_value",
     "params", "macs", "img_per_s", "epoch_time_s", "peak_mem_mib", "diverged",
-    "last_gain", "converged",
+    "last_gain", "converged", "at_chance",
 ]  # fmt: skip
 NAN = float("nan")
 
@@ -153,6 +155,9 @@ def compare(
         # None when it cannot be told: no seed finished, or curves of one epoch
         known = row["n"] and not math.isnan(row["last_gain"])
         row["converged"] = bool(row["last_gain"] < CONVERGED_GAIN) if known else None
+        row["at_chance"] = int(mine["at_chance"].sum()) if "at_chance" in mine else 0
+        if row["at_chance"]:  # flat at chance: nothing learned, nothing converged
+            row["converged"] = False
         rows.append(row)
     table = pd.DataFrame(rows)
     others = table["arm"] != baseline

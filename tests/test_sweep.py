@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from nin_search import cli
+from nin_search.chance import at_chance
 from nin_search.config import Config, flatten
 
 # A small NiN on 16 px images: a 2-epoch trial takes under a second on one core.
@@ -316,6 +317,25 @@ def test_diverged_trial_is_pruned_at_once_and_its_run_fails(work: Path, data: Pa
     run = children(work, "diverge").iloc[0]
     # in MLflow a diverged run failed
     assert (run["tags.nin.state"], run["status"]) == ("diverged", "FAILED")
+
+
+def test_a_trial_that_never_leaves_chance_completes_marked_at_chance(work: Path, data: Path):
+    # the plain NiN (ReLU on the logits, no BatchNorm) at lr ~1e-6: its val accuracy stays at
+    # chance; the trial completes (no collapse: it never learned), marked in Optuna and MLflow
+    write_study(
+        work,
+        "flat",
+        data,
+        n_trials=1,
+        params={"train.lr": "{ low = 1e-6, high = 2e-6 }"},
+        settings={"model.final_relu": True, "train.optimizer": "sgd", "train.epochs": 1},
+    )
+    sweep_ok("study.toml", cwd=work)
+    (trial,) = trials(work, "flat")
+    assert trial.state == TrialState.COMPLETE
+    assert at_chance(trial.user_attrs["val_acc"][-1], 64, 10)
+    assert trial.user_attrs["at_chance"] is True
+    assert children(work, "flat").iloc[0]["tags.nin.at_chance"] == "true"
 
 
 def test_sample_the_network_cannot_take_fails_untrained_with_the_reason(work: Path, data: Path):

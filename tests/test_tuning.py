@@ -89,6 +89,36 @@ def test_last_gain_and_converged_on_fixed_curves():
     assert "p_holm" not in t.columns  # two arms: one comparison, nothing to correct
 
 
+def test_an_arm_at_chance_is_not_converged_and_the_report_says_so():
+    def cell(arm, seed, curve, flat=False):
+        return {"arm": arm, "seed": seed, "state": "complete", "value": curve[-1],
+                "test_acc": None, "params": 1, "macs": 1, "img_per_s": 1.0,
+                "epoch_time_s": 1.0, "peak_mem_mib": None, "val_acc": curve,
+                "at_chance": flat}  # fmt: skip
+
+    cells = pd.DataFrame(
+        [
+            cell("gap", 0, [0.80, 0.900, 0.902]),
+            cell("gap", 1, [0.80, 0.900, 0.904]),
+            cell("fc", 0, [0.10, 0.100, 0.100], flat=True),  # flat at chance: last gain 0
+            cell("fc", 1, [0.80, 0.880, 0.882]),
+        ]
+    )
+    t = stats.compare(cells, "gap", {"gap": 0.02, "fc": 1.12}).set_index("arm")
+    assert (t.loc["gap", "at_chance"], t.loc["fc", "at_chance"]) == (0, 1)
+    # its last gain is under 0.5 points, yet an arm with a seed at chance is not converged
+    assert t.loc["fc", "last_gain"] < stats.CONVERGED_GAIN and t.loc["fc", "converged"] == False  # noqa: E712
+    spec = {"objective": "best_val_acc", "baseline": "gap", "arms": {"gap": {}, "fc": {}},
+            "seeds": [0, 1]}  # fmt: skip
+    md = ablation_markdown("chance", spec, t.reset_index())
+    assert (
+        "- fc: 1 of 2 seeds ended at chance, their val accuracy never above it (nothing "
+        "learned at lr 1.12)" in md
+    )
+    # the flat arm did not "still gain" anything: no training-speed line for it
+    assert "fc did not converge" not in md and "gap:" not in md
+
+
 def test_converged_is_unknown_without_two_epochs():
     def cell(arm, seed, curve):
         return {"arm": arm, "seed": seed, "state": "complete", "value": curve[-1],
