@@ -21,9 +21,10 @@ DEMO_SET ?= --set model.batch_norm=true
 demo: $(VENV)/.installed
 	$(BIN)/python -m nin_search lr-finder --profile $(PROFILE) $(DEMO_SET)
 
-# one pytest worker per core; loadfile keeps a file's tests (and its module fixtures) on one worker
+# one pytest worker per core; loadfile keeps a file's tests (and its module fixtures) on one worker,
+# handed out longest file first (tests/conftest.py, LONGEST_FIRST), not by number of tests
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -n auto --dist loadfile
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
 lint: $(VENV)/.installed
 	$(BIN)/python -m pip install -q ruff

@@ -20,6 +20,27 @@ LABELS_MAGIC = 0x00000801  # uint8, 1 dimension: (N,)
 # more than it saves, and on a shared 2-core box a busy neighbour makes each op ~100x slower.
 torch.set_num_threads(1)
 
+# `make test` hands out whole files (--dist loadfile) in this order (--no-loadscope-reorder):
+# the longest first, so that no long file starts last and leaves one worker running alone.
+# Seconds per file, summed over its tests (pytest --junitxml, 2 workers, 2026-12-07, without
+# PostgreSQL; its tests run in CI and add to test_sweep and test_workers): test_cli 463,
+# test_sweep 457, test_ablation 360, test_bad_input 285, test_tuning 272, test_pareto 270,
+# test_evaluate 244, test_snapshot 201, test_workers 155, test_accounting 142, test_cpu_memory
+# 117, test_ui 67, test_model 55; the rest under 40. Files not named here go last.
+LONGEST_FIRST = [
+    "test_cli.py", "test_sweep.py", "test_ablation.py", "test_bad_input.py", "test_tuning.py",
+    "test_pareto.py", "test_evaluate.py", "test_snapshot.py", "test_workers.py",
+    "test_accounting.py", "test_cpu_memory.py", "test_ui.py", "test_model.py",
+    "test_precision.py", "test_chance.py", "test_lr_finder.py", "test_train.py",
+    "test_engine_deps.py",
+]  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Order the files as LONGEST_FIRST says; a file's own tests keep their order."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
 
 def idx_bytes(t: torch.Tensor) -> bytes:
     """A uint8 tensor as an IDX file: big-endian magic (0, 0, 0x08, ndim), dims, raw bytes."""
