@@ -233,7 +233,7 @@ def check_arms(study: Study) -> None:
 def cell_frame(spec: dict, ostudy: optuna.Study) -> pd.DataFrame:
     """One row per cell of the grid with its first finished trial (state complete, diverged or
     missing): arm, seed, state, trial, value, test_acc, params, macs, img_per_s, epoch_time_s,
-    peak_mem_mib, the val_acc curve and at_chance (it completed without learning)."""
+    peak_mem_mib, the val_acc curve and at_chance (completed at chance, never having learned)."""
     first: dict[tuple, FrozenTrial] = {}
     for t in sorted(ostudy.get_trials(deepcopy=False), key=lambda t: t.number):
         key = _cell(t)

@@ -7,7 +7,13 @@ a run ended at chance without ever learning. Imports only torch.
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:  # train.py imports this module
+    from nin_search.train import FitResult
 
 # An accuracy "at chance": below 1.5 / num_classes and not above chance at p < 0.001
 # (one-sided binomial test); "learned": at least 2 / num_classes and above chance at p < 1e-6.
@@ -33,9 +39,11 @@ def at_chance(acc: float, n: int, num_classes: int) -> bool:
 
 
 def learned(acc: float, n: int, num_classes: int) -> bool:
-    """acc over n images is clearly above chance: LEARNED x chance and p < LEARNED_P, so noise
-    on a small val set (7 right of 16 is p ~ 1e-4) is not taken for learning."""
-    return acc >= LEARNED / num_classes and _above_chance_p(acc, n, num_classes) < LEARNED_P
+    """acc over n images is clearly above chance: LEARNED x chance (with two classes, halfway
+    from chance to 1) and p < LEARNED_P, so noise on a small val set (7 right of 16 is p ~ 1e-4)
+    is not taken for learning."""
+    least = min(LEARNED / num_classes, (1 + 1 / num_classes) / 2)
+    return acc >= least and _above_chance_p(acc, n, num_classes) < LEARNED_P
 
 
 def collapsed(history: list[dict], val_images: int, num_classes: int) -> bool:
@@ -48,3 +56,26 @@ def collapsed(history: list[dict], val_images: int, num_classes: int) -> bool:
     if not history or not at_chance(history[-1]["val_acc"], val_images, num_classes):
         return False
     return any(learned(h["val_acc"], val_images, num_classes) for h in history[:-1])
+
+
+def chance_note(result: FitResult, batch_norm: bool) -> str:
+    """What `train` says of a run that ended at chance without having learned, and what to try."""
+    last, k = result.history[-1], result.num_classes
+    top = max(result.history, key=lambda h: h["train_acc"])
+    fell = learned(top["train_acc"], result.train_images, k)
+    why = (
+        f"; its train accuracy reached {top['train_acc']:.4f} (epoch {top['epoch']}): an lr that "
+        "collapsed it within the epoch, or memorizing; try a lower train.lr"
+        if fell
+        else ""
+    )
+    bn = (
+        "; or set model.batch_norm=true (without it the NiN can sit at ln 10 for hundreds of "
+        "steps)"
+    )
+    return (
+        f"did not learn: val_acc {last['val_acc']:.4f} after {last['epoch']} epoch(s) is chance "
+        f"for {k} classes (val loss {last['val_loss']:.4g}; a constant guess scores ln {k} = "
+        f"{math.log(k):.3f}){why}; find an lr with `python -m nin_search lr-finder` and the "
+        f"same --set values{'' if batch_norm else bn}"
+    )

@@ -107,15 +107,14 @@ def ablation_markdown(
     gain = f"{100 * stats.CONVERGED_GAIN:.1f}"
     lines.append(
         f"- last_gain: val accuracy gained over the last 10% of epochs (at least one), mean "
-        f"over seeds; converged: last_gain < {gain} points"
+        f"over seeds; converged: last_gain < {gain} points and no seed at chance"
     )
     for row in table.itertuples():
         if row.at_chance:
             at = f" at lr {row.lr:.3g}" if pd.notna(row.lr) else ""
             lines.append(
-                f"- {row.arm}: {row.at_chance} of {row.n} seeds ended at chance, their val "
-                f"accuracy never above it (nothing learned{at}): its mean says "
-                "nothing about the architecture"
+                f"- {row.arm}: {row.at_chance} of {row.n} seeds ended at chance without having "
+                f"learned (nothing learned{at}): its mean says nothing about the architecture"
             )
         if row.converged is False and row.last_gain >= stats.CONVERGED_GAIN:
             lines.append(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -22,6 +21,7 @@ import mlflow
 from mlflow.entities import Metric
 
 from nin_search.accounting import format_summary, summarize
+from nin_search.chance import chance_note
 from nin_search.checkpoint import log_model, size_text
 from nin_search.config import Config, ConfigError, flatten, to_toml
 from nin_search.curve import Finding, suggest
@@ -38,7 +38,7 @@ from nin_search.tracking import (
     setup_tracking,
     ui_command,
 )
-from nin_search.train import FitResult, fit, resolve_device, resolved
+from nin_search.train import fit, resolve_device, resolved
 
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "img_per_s", "epoch_time_s")
 
@@ -61,22 +61,6 @@ def open_experiment(name: str) -> tuple[str, str]:
     uri = setup_tracking()
     with StoreLock(uri if uri.startswith("sqlite") else None):
         return uri, experiment_id(name)
-
-
-def chance_note(result: FitResult, batch_norm: bool) -> str:
-    """What to do about a run that ended at chance without its val accuracy ever leaving it."""
-    last, k = result.history[-1], result.num_classes
-    top = max(h["train_acc"] for h in result.history)
-    bn = (
-        "; or set model.batch_norm=true (without it the NiN can sit at ln 10 for hundreds of "
-        "steps)"
-    )
-    return (
-        f"did not learn: val_acc {last['val_acc']:.4f} after {last['epoch']} epoch(s) is chance "
-        f"for {k} classes (val loss {last['val_loss']:.4g}; a constant guess scores ln {k} = "
-        f"{math.log(k):.3f}; best train_acc {top:.4f}); find an lr with `python -m nin_search "
-        f"lr-finder` and the same --set values{'' if batch_norm else bn}"
-    )
 
 
 def train_run(

@@ -12,9 +12,10 @@ Convergence: last_gain is the mean over an arm's finished seeds of the val accur
 its last 10% of epochs (at least the last one); converged is last_gain < CONVERGED_GAIN, 0.5
 points: an arm still gaining that much per last tenth of its training could change a verdict
 of that size with more epochs, so its verdict may reflect training speed. at_chance counts the
-finished seeds whose val accuracy never left chance (chance.py): flat at chance is no
-convergence, so such an arm is not converged. Diverged runs (a non-finite loss, or a collapse
-to chance) have no value: they are counted, not averaged, and drop out of the pairs.
+finished seeds that ended at chance (chance.py; a run that had learned and fell there is
+stopped as diverged instead): flat at chance is no convergence, so such an arm is not
+converged. Diverged runs (a non-finite loss, or a collapse to chance) have no value: they are
+counted, not averaged, and drop out of the pairs.
 """
 
 from __future__ import annotations

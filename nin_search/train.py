@@ -50,6 +50,7 @@ class FitResult:
     precision: str = "fp32"  # the resolved train.precision it trained at
     num_classes: int = 10
     val_images: int = 0
+    train_images: int = 0  # per epoch
 
     @property
     def best_val_acc(self) -> float:
@@ -67,7 +68,7 @@ class FitResult:
         epoch, best = last["epoch"], max(self.history, key=lambda h: h["val_acc"])
         self.status, self.diverged_at = "diverged", (epoch, steps)
         self.reason = (
-            f"collapsed at epoch {epoch} (lr up to {lr:.3g}): val accuracy fell to chance, "
+            f"collapsed at epoch {epoch} (its lr up to {lr:.3g}): val accuracy fell to chance, "
             f"{last['val_acc']:.4f} for {self.num_classes} classes, after {best['val_acc']:.4f} "
             f"at epoch {best['epoch']}; the loss stayed finite (val loss {last['val_loss']:.4g}; "
             f"a constant guess scores ln {self.num_classes} = {math.log(self.num_classes):.3f}); "
@@ -255,6 +256,7 @@ def fit(
         precision=precision,
         num_classes=data.num_classes,
         val_images=len(data.val_x),
+        train_images=images,
     )
     for m in done:  # a killed run of this config got this far: these epochs are not trained again
         result.history.append(m)

@@ -240,7 +240,7 @@ def make_objective(
                 trial.set_user_attr("pruned_epoch", epoch)
                 mlflow.set_tag("nin.pruned_epoch", epoch)
                 raise optuna.TrialPruned(result.reason)
-            if result.at_chance:  # completed, its val accuracy never above chance
+            if result.at_chance:  # completed at chance, never having learned (chance.py)
                 trial.set_user_attr("at_chance", True)
                 mlflow.set_tag("nin.at_chance", "true")
             value = reduce([h[metric] for h in result.history])

@@ -22,20 +22,20 @@ torch.set_num_threads(1)
 
 # `make test` hands out whole files (--dist loadfile) in this order (--no-loadscope-reorder):
 # the longest first, so that no long file starts last and leaves one worker running alone.
-# Seconds per file, summed over its tests (pytest --junitxml, 2 workers, 2026-12-07, without
-# PostgreSQL; its tests run in CI and add to test_sweep and test_workers): test_cli 463,
-# test_sweep 457, test_ablation 360, test_bad_input 285, test_tuning 272, test_pareto 270,
-# test_evaluate 244, test_snapshot 201, test_workers 155, test_accounting 142, test_cpu_memory
-# 117, test_ui 67, test_model 55; the rest under 40. Files not named here go last.
+# Seconds per file, summed over its tests (pytest --junitxml, 2 workers, idle, 2026-12-07,
+# without PostgreSQL, whose tests add to test_sweep, test_workers and test_machines in CI):
+# sweep 249, cli 210, ablation 203, tuning 195, pareto 148, ui 140, evaluate 125, snapshot 115,
+# workers 107, cpu_memory 106, bad_input 89, accounting 30; the rest under 25. Files not named
+# here go last. benchmarks/RESULTS.md, "make test's file order".
 LONGEST_FIRST = [
-    "test_cli.py", "test_sweep.py", "test_ablation.py", "test_bad_input.py", "test_tuning.py",
-    "test_pareto.py", "test_evaluate.py", "test_snapshot.py", "test_workers.py",
-    "test_accounting.py", "test_cpu_memory.py", "test_ui.py", "test_model.py",
-    "test_precision.py", "test_chance.py", "test_lr_finder.py", "test_train.py",
-    "test_engine_deps.py",
+    "test_sweep.py", "test_cli.py", "test_ablation.py", "test_tuning.py", "test_pareto.py",
+    "test_ui.py", "test_evaluate.py", "test_snapshot.py", "test_workers.py",
+    "test_cpu_memory.py", "test_bad_input.py", "test_accounting.py", "test_engine_deps.py",
+    "test_precision.py", "test_model.py", "test_lr_finder.py", "test_train.py", "test_chance.py",
 ]  # fmt: skip
 
 
+@pytest.hookimpl(tryfirst=True)  # before --sw drops the items ahead of its last failure
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Order the files as LONGEST_FIRST says; a file's own tests keep their order."""
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}

@@ -11,11 +11,10 @@ import pytest
 from conftest import squares
 from scipy import stats
 
-from nin_search.chance import _above_chance_p, at_chance, collapsed, learned
+from nin_search.chance import _above_chance_p, at_chance, chance_note, collapsed, learned
 from nin_search.config import load_config
 from nin_search.data import split_data
-from nin_search.run import chance_note
-from nin_search.train import fit
+from nin_search.train import FitResult, fit
 
 # the squares task at 16 px with the fully connected head, plain SGD under onecycle
 FC_SGD = [
@@ -51,6 +50,8 @@ def test_learned_needs_twice_chance_and_strong_evidence():
     # 7 right of 16 (p ~ 5e-4) is not evidence enough; 10 of 16 is
     assert not learned(7 / 16, 16, 10) and learned(10 / 16, 16, 10)
     assert not learned(0.19, 5000, 10)
+    # two classes: halfway from chance to 1 (0.75), not 2 x chance (1.0, out of reach)
+    assert learned(0.8, 5000, 2) and not learned(0.7, 5000, 2)
 
 
 def test_collapsed_on_fixed_histories():
@@ -83,7 +84,7 @@ def test_a_run_that_collapses_to_chance_stops_as_diverged_with_the_reason():
     assert [h["epoch"] for h in result.history] == [1, 2]  # the collapsed epoch is kept
     assert learned(result.history[0]["val_acc"], 200, 10)
     assert at_chance(result.history[1]["val_acc"], 200, 10)
-    assert result.reason.startswith("collapsed at epoch 2 (lr up to 10)")
+    assert result.reason.startswith("collapsed at epoch 2 (its lr up to 10)")
     assert "after 0.2200 at epoch 1; the loss stayed finite" in result.reason
     assert result.reason.endswith("lower train.lr")
 
@@ -109,3 +110,16 @@ def test_a_run_that_never_learned_is_at_chance_and_the_note_names_what_to_try():
     assert "lr-finder" in note and "model.batch_norm=true" in note
     # with BatchNorm already on, the note does not suggest it
     assert "model.batch_norm" not in chance_note(result, batch_norm=True)
+    # its train accuracy stayed at chance too: nothing says it fitted anything
+    assert "train accuracy reached" not in note
+
+
+def test_the_note_of_a_run_whose_train_accuracy_rose_says_to_lower_the_lr():
+    # the fc model at lr 3 (RESULTS.md): collapsed within epoch 1, whose train accuracy was 0.36
+    # while it lasted; no val accuracy above chance, so no collapse by the rule, but the note
+    # says what the train accuracy shows
+    history = [{"epoch": 1, "train_acc": 0.36, "val_acc": 0.0976, "val_loss": 2.3045}]
+    result = FitResult("completed", history, num_classes=10, val_images=5000, train_images=55000)
+    assert result.at_chance
+    note = chance_note(result, batch_norm=True)
+    assert "its train accuracy reached 0.3600 (epoch 1)" in note and "lower train.lr" in note

@@ -208,7 +208,7 @@ def test_a_run_that_collapses_to_chance_exits_1_and_ends_failed(tmp_path: Path, 
     ]  # fmt: skip
     res = cli("train", *[a for s in sets for a in ("--set", s)], cwd=work)
     assert res.returncode == 1, res.stderr
-    assert "diverged: collapsed at epoch 2 (lr up to 5): val accuracy fell" in res.stdout
+    assert "diverged: collapsed at epoch 2 (its lr up to 5): val accuracy fell" in res.stdout
     assert "done:" not in res.stdout
     mlflow.set_tracking_uri(f"sqlite:///{work / 'mlruns' / 'mlflow.db'}")
     run = mlflow.search_runs(experiment_names=["nin-train"]).iloc[0]

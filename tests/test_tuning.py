@@ -112,8 +112,8 @@ def test_an_arm_at_chance_is_not_converged_and_the_report_says_so():
             "seeds": [0, 1]}  # fmt: skip
     md = ablation_markdown("chance", spec, t.reset_index())
     assert (
-        "- fc: 1 of 2 seeds ended at chance, their val accuracy never above it (nothing "
-        "learned at lr 1.12)" in md
+        "- fc: 1 of 2 seeds ended at chance without having learned (nothing learned at lr "
+        "1.12)" in md
     )
     # the flat arm did not "still gain" anything: no training-speed line for it
     assert "fc did not converge" not in md and "gap:" not in md
