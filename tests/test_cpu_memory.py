@@ -92,12 +92,13 @@ def test_kept_memory_is_reused_without_page_faults():
 )
 def test_without_it_glibc_faults_the_activations_in_again_step_after_step():
     # the probe itself is sound: glibc's default maps large buffers afresh step after step, but
-    # not in every step: one step faults 0 to 86,000 pages (2-core Zen 3, two training processes
-    # beside it, 2026-12-07). So the test takes the mean over the steps after 3, as
-    # benchmarks/cpu_allocator.py counts them: 30,000-62,000 in 8 runs, where the lower median of
-    # the last 4 fell to 1,536
+    # not in every step: one step faults 0 to 96,000 pages (2-core Zen 3, 2026-12-07). So the
+    # test takes the mean over the steps after 3, as benchmarks/cpu_allocator.py counts them:
+    # 30,000-62,000 in 8 runs, 26,600-56,800 in 10 more (two at a time), and 14,464 once in CI
+    # (the suite beside it), under the 2 activations (18,816) this asserted until then. The line
+    # is the kept test's: one activation, above the default's mean and above the kept mean
     _, faults = probe("result = None")
-    assert statistics.mean(faults[3:]) > 2 * ACTIVATION_PAGES, faults
+    assert statistics.mean(faults[3:]) > ACTIVATION_PAGES, faults
 
 
 @pytest.mark.parametrize(
