@@ -96,7 +96,7 @@ def test_without_it_glibc_faults_the_activations_in_again_step_after_step():
     # test takes the mean over the steps after 3, as benchmarks/cpu_allocator.py counts them:
     # 30,000-62,000 in 8 runs, 26,600-56,800 in 10 more (two at a time), and 14,464 once in CI
     # (the suite beside it), under the 2 activations (18,816) this asserted until then. The line
-    # is the kept test's: one activation, above the default's mean and above the kept mean
+    # is the kept test's: one activation, below every default mean seen and above every kept one
     _, faults = probe("result = None")
     assert statistics.mean(faults[3:]) > ACTIVATION_PAGES, faults
 
