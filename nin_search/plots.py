@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import textwrap
 
 import plotly.graph_objects as go
@@ -33,7 +34,9 @@ def training_curves(history: list[dict], title: str = "") -> go.Figure:
 
 def lr_finder_curve(finding, title: str = "LR range test") -> go.Figure:
     """Raw, causal-EMA and zero-phase loss against lr on a log axis, the suggestions marked on
-    the curve the rules read (lr_finder.smoothing), the recommended one (lr_finder.rule) larger."""
+    the curve the rules read (lr_finder.smoothing), the recommended one (lr_finder.rule) larger.
+    The y-axis ends a little above the starting loss (_loss_axis); a divergence above it is
+    marked where it leaves the axis, its points kept in the traces (autoscale shows them)."""
     c = finding.curve
     fig = go.Figure()
     for i, run in enumerate(c.runs):  # each repeat's raw loss; c.losses is their median
@@ -85,6 +88,28 @@ def lr_finder_curve(finding, title: str = "LR range test") -> go.Figure:
         )
     fig.update_xaxes(type="log", title_text="learning rate")
     fig.update_yaxes(title_text="training loss" if "val" not in title else "validation loss")
+    bounds = _loss_axis(finding)
+    if bounds:  # the traces keep every point (the autoscale button shows them); the axis does not
+        low, high = bounds
+        fig.update_yaxes(range=[low, high])
+        raws = (c.losses, *c.runs)  # the repeats are cut to the median's length
+        above = [(lr, v) for ys in raws for lr, v in zip(c.lrs, ys, strict=True) if v > high]
+        if above:
+            finite = [v for _, v in above if math.isfinite(v)]  # a diverged median is +inf
+            peak = f"max {max(finite):.3g}" if finite else "not finite"
+            lr = min(lr for lr, _ in above)
+            text = f"loss leaves the axis at lr {lr:.3g} ({peak})"
+            fig.add_trace(
+                go.Scatter(
+                    x=[lr],
+                    y=[high],
+                    name=text,
+                    mode="markers",
+                    marker={"symbol": "triangle-up", "size": 12, "color": "firebrick"},
+                    cliponaxis=False,  # on the axis's edge: drawn whole
+                    hovertemplate=text + "<extra></extra>",
+                )
+            )
     subtitle = f"lr_finder.rule = {finding.rule}, lr_finder.smoothing = {finding.smoothing}"
     fig.update_layout(
         title="<br>".join(textwrap.wrap(f"{title}: {finding.message}", 120))
@@ -92,6 +117,29 @@ def lr_finder_curve(finding, title: str = "LR range test") -> go.Figure:
         template="plotly_white",
     )
     return fig
+
+
+AXIS_PAD = 0.1  # the y-axis reaches past the start and the minimum by 10% of the fall between
+
+
+def _loss_axis(finding) -> tuple[float, float] | None:
+    """lr_finder_curve's y-range: a little below the lowest point of every curve drawn, a little
+    above the start (the highest raw loss of the first 10% of steps, where zero_phase caps).
+
+    A divergence's raw loss reaches 100x the start; an axis that shows it flattens the whole
+    descent, the part the rules read, into a line at the bottom (fastai and torch-lr-finder cut
+    the last points instead). None when no loss at the start is finite: plotly's autorange."""
+    c = finding.curve
+    head = max(1, len(c.lrs) // 10)
+    start = [v for ys in (c.losses, *c.runs) for v in ys[:head] if math.isfinite(v)]
+    if not start:
+        return None
+    drawn = (c.losses, *c.runs, c.smoothed, finding.zero_phase)
+    low = min(v for ys in drawn for v in ys if math.isfinite(v))
+    marks = [loss for _, loss in finding.suggestion_points.values()]
+    high = max(start + marks)  # every suggestion's marker stays on the figure
+    pad = AXIS_PAD * max(high - low, 0.05 * abs(high), 1e-12)  # a flat curve still gets a band
+    return low - pad, high + pad
 
 
 def _errors(table, prefix: str = "") -> dict:

@@ -3,6 +3,7 @@ advice, the stops, the exact restore; it trains."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import statistics
@@ -427,6 +428,38 @@ def test_plot_shows_both_smoothings_and_marks_the_recommendation():
     assert len(rec) == 1 and rec[0].name.startswith("valley") and rec[0].x[0] == LRS[5]
     assert {n.split()[0] for n in names if "e-0" in n or "e+0" in n} >= set(f.suggestions)
     assert "lr_finder.rule = valley, lr_finder.smoothing = ema" in fig.layout.title.text
+
+
+def test_plot_axis_ends_above_the_start_and_marks_where_a_blow_up_leaves_it():
+    from nin_search.plots import lr_finder_curve
+
+    # make demo's shape: a descent from 2.31 to 0.7, then the raw loss blows up to 215
+    raw = [2.31, 2.30, 2.30, 2.25, 2.10, 1.90, 1.60, 1.20, 0.90, 0.70, 0.80, 1.50, 3.0, 6.0]
+    raw += [20.0, 60.0, 100.0, 150.0, 190.0, 215.0]
+    f = suggest(Curve(lrs=LRS, losses=raw, smoothed=ema(raw, 0.98)), N)
+    fig = lr_finder_curve(f)
+    low, high = fig.layout.yaxis.range
+    # the axis runs from below the minimum to a little above the start, far below 215
+    assert low < 0.7 and 2.31 < high < 3.0
+    # the first raw point above the axis is marked, with the curve's maximum
+    first = next(lr for lr, v in zip(LRS, raw, strict=True) if v > high)
+    assert first == LRS[12]
+    marks = [t.name for t in fig.data if "leaves the axis" in t.name]
+    assert marks == [f"loss leaves the axis at lr {first:.3g} (max 215)"]
+    # the raw trace and the JSON still hold every point, the 215 included
+    assert list(next(t for t in fig.data if t.name == "loss").y) == raw
+    assert json.loads(json.dumps(f.to_json()))["curve"]["loss"][-1] == 215.0
+
+
+def test_plot_axis_holds_a_curve_that_stays_below_its_start():
+    from nin_search.plots import lr_finder_curve
+
+    c = curve([2.30, 2.30, 2.25, 2.10, 1.90, 1.60, 1.20, 0.90, 0.70, 0.80, 1.50, 3.0, 6.0])
+    fig = lr_finder_curve(suggest(c, N, rule="valley", smoothing="ema"))
+    low, high = fig.layout.yaxis.range
+    # every point lies inside the axis (the edges' 9.0 is the start), and nothing is marked
+    assert low < 0.70 and 9.0 < high < 10.0
+    assert not [t for t in fig.data if "leaves the axis" in t.name]
 
 
 def test_terminal_table_gives_each_rule_on_both_curves_and_the_range():
