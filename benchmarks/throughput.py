@@ -24,9 +24,10 @@ median round, and ratios as the median over rounds of the same round's ratio (a 
 measurements lie close in time); then the median gap between optimizer steps over all rounds (a
 global step hook: the same timer for all four).
 Achieved FLOP/s are printed beside the device's peak at that precision (on the CPU computed from
-the unit's FLOPs per cycle, the clock and the cores, or given with --peak-gflops), so the distance
-to the limit is visible. Prints a markdown table for benchmarks/RESULTS.md. Imports only torch,
-torchvision, nin_search.
+the vector unit's FLOPs per cycle, read from /proc/cpuinfo's flags, vendor, family and model by
+flops_per_cycle, the clock and the cores, or given with --peak-gflops; the unit assumed is
+printed beside the figure), so the distance to the limit is visible. Prints a markdown table
+for benchmarks/RESULTS.md. Imports only torch, torchvision, nin_search.
 """
 
 from __future__ import annotations
@@ -166,21 +167,63 @@ def run_bare_engine(
     return timed(lambda: train_step(step_net, opt, criterion, x, y, a.dev, a.precision), a)
 
 
-def cpu_peak_gflops(precision: str) -> tuple[float, str]:
-    """The CPU's peak GFLOP/s at this precision, and how it was computed.
+def flops_per_cycle(
+    flags: set[str], vendor: str, family: int, model: int, precision: str
+) -> tuple[int, str]:
+    """Peak FLOPs per cycle per core at this precision (2 per FMA lane), and what was assumed.
 
-    FLOPs per cycle per core: AMX-BF16 1024; AVX512-BF16 (VDPBF16PS, two 512-bit pipes, as on
-    Zen 5 and Sapphire Rapids) 128; fp32 AVX-512 FMA (two pipes) 64. Zen 4 runs 512-bit ops on
-    256-bit halves, half these figures: pass --peak-gflops for such a CPU."""
-    units = cpu_bf16_units() if precision == "bf16" else []
-    per_cycle, unit = (
-        (1024, "AMX-BF16")
-        if "amx_bf16" in units
-        else (128, "AVX512-BF16")
-        if units
-        else (64, "fp32 AVX-512 FMA")
-    )
-    ghz = max(float(line.split(":")[1]) for line in open("/proc/cpuinfo") if "MHz" in line) / 1e3
+    From /proc/cpuinfo's flags, vendor_id, cpu family and model:
+      bf16  AMX-BF16 tiles 1024; AVX512-BF16 (VDPBF16PS, 4 FLOPs per fp32 lane) on two 512-bit
+            pipes 128
+      fp32  AVX-512 FMA on two 512-bit pipes 64; AVX2 FMA on two 256-bit pipes 32; AVX without
+            FMA (one 256-bit add + one mul) 16; SSE (4-wide add + mul) 8; arm64 NEON (two
+            128-bit FMA pipes, as Neoverse N1) 16
+    AMD runs 512-bit ops as two 256-bit halves on Zen 4 (family 0x19) and mobile Zen 5 (0x1a,
+    models 0x20-0x2f Strix Point, 0x60-0x6f Krackan Point): half the AVX-512 figures, the same
+    32 fp32 as Zen 3's AVX2. Zen 1/Zen+ (0x17, models below 0x30) has 128-bit FMA pipes: 16.
+    Intel AVX-512 is assumed to have two FMA units (Xeon Gold 6xxx/Platinum, Sapphire Rapids
+    on); one-unit parts (Xeon Silver/Bronze, client Ice/Tiger Lake) reach half: --peak-gflops."""
+    amd = vendor in ("AuthenticAMD", "HygonGenuine")
+    halves = amd and (family == 0x19 or (family == 0x1A and model // 16 in (2, 6)))
+    split = f" (AMD family {family:#x} model {model:#x}: 512-bit ops as two 256-bit halves)"
+    if precision == "bf16" and "amx_bf16" in flags:
+        return 1024, "AMX-BF16"
+    if precision == "bf16" and "avx512_bf16" in flags:
+        return (64, "AVX512-BF16" + split) if halves else (128, "AVX512-BF16, two 512-bit pipes")
+    if "avx512f" in flags:
+        if halves:
+            return 32, "fp32 AVX-512 FMA" + split
+        return 64, "fp32 AVX-512 FMA, two 512-bit pipes" + ("" if amd else " (assumed)")
+    if "avx2" in flags and "fma" in flags:
+        if amd and family in (0x17, 0x18) and model < 0x30:  # Zen 1/Zen+ and Hygon Dhyana
+            return 16, "fp32 AVX2 FMA on two 128-bit pipes (Zen 1/Zen+)"
+        return 32, "fp32 AVX2 FMA, two 256-bit pipes"
+    if "avx" in flags:
+        return 16, "fp32 AVX, one 256-bit add + one mul"
+    if "asimd" in flags:
+        return 16, "fp32 NEON FMA, two 128-bit pipes (assumed)"
+    return 8, "fp32 SSE, one 128-bit add + one mul (unknown vector unit: assumed)"
+
+
+def cpu_identity(cpuinfo: str) -> tuple[set[str], str, int, int]:
+    """(flags, vendor_id, cpu family, model) from /proc/cpuinfo's first processor."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.split("\n\n")[0].splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())  # x86 | arm64
+    ids = [fields.get(key, "") for key in ("cpu family", "model")]  # arm64 has neither: 0
+    family, model = (int(v) if v.isdigit() else 0 for v in ids)
+    return flags, fields.get("vendor_id", ""), family, model
+
+
+def cpu_peak_gflops(precision: str) -> tuple[float, str]:
+    """The CPU's peak GFLOP/s at this precision, and how it was computed (flops_per_cycle)."""
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    flags, vendor, family, model = cpu_identity(cpuinfo)
+    flags |= set(cpu_bf16_units())  # what torch sees decides bf16 (resolve_precision) as well
+    per_cycle, unit = flops_per_cycle(flags, vendor, family, model, precision)
+    ghz = max(float(line.split(":")[1]) for line in cpuinfo.splitlines() if "MHz" in line) / 1e3
     cores = os.cpu_count() or 1
     how = f"{unit}: {per_cycle} FLOP/cycle/core x {cores} cores x {ghz:.2f} GHz"
     return per_cycle * cores * ghz, how
