@@ -266,16 +266,36 @@ def resolve(ref: str) -> tuple[str, str | None]:
             elif "/" in ref or ":" in ref:
                 raise ConfigError(f"{ref!r}: expected {REFS}")
             run = client.get_run(run_id)
+            _check_live(ref, run)
             ids = [o.model_id for o in run.outputs.model_outputs] if run.outputs else []
-            live = [m for m in ids if _exists(client, m)]
-            live = [m for m in live if client.get_logged_model(m).name == path]
+            names = {m: client.get_logged_model(m).name for m in ids if _exists(client, m)}
+            live = [m for m, name in names.items() if name == path]
+            if not live and names:  # the model is there, only the path after the run id is wrong
+                at = ", ".join(f"runs:/{run_id}/{n}" for n in sorted(set(names.values())))
+                raise ConfigError(
+                    f"{ref!r}: run {run_id} has no model {path!r}; its model is {at}"
+                )
             if not live:
-                why = "its model was deleted (keep_models)" if ids else "no logged model"
-                raise ConfigError(f"run {run_id} has {why}; `train` logs one, sweeps keep_models")
+                why = "its model was deleted (keep_models)" if ids else "it has no logged model"
+                raise ConfigError(f"run {run_id}: {why}; `train` logs one, sweeps keep_models")
             return live[-1], run_id
-        return model_id, client.get_logged_model(model_id).source_run_id
+        run_id = client.get_logged_model(model_id).source_run_id
+        if run_id:
+            _check_live(ref, client.get_run(run_id))
+        return model_id, run_id
     except MlflowException as e:
         raise ConfigError(f"{ref!r}: not found in {mask(tracking_uri())}: {_first(e)}") from None
+
+
+def _check_live(ref: str, run) -> None:
+    """A deleted run is refused: evaluate would write its files into it (and `mlflow gc` may
+    remove it and its model at any moment)."""
+    if run.info.lifecycle_stage == "deleted":
+        rid = run.info.run_id
+        raise ConfigError(
+            f"{ref!r}: run {rid} is deleted; restore it first with: MLFLOW_TRACKING_URI="
+            f"{mask(tracking_uri())} mlflow runs restore --run-id {rid}"
+        )
 
 
 def load(ref: str) -> Loaded:

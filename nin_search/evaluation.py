@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import os
 import struct
 import tempfile
 import zlib
@@ -231,6 +232,22 @@ def _precision(trained: str, device: torch.device) -> tuple[str, str]:
         return "fp32", f"trained in {trained}; no bf16 units here, so evaluated in fp32"
 
 
+def check_out(folder: Path) -> None:
+    """--out must be a folder this user can write, or one that can be made; checked before the
+    work, and without leaving anything behind. The nearest existing folder gets a probe folder,
+    made and removed at once: os.access alone says yes to root everywhere, /proc included."""
+    parent = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise ConfigError(f"--out {folder}: {parent} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".nin-out-check-", dir=parent))
+    except OSError as e:
+        raise ConfigError(
+            f"--out {folder}: cannot create a folder in {parent} ({e.strerror}); expected a "
+            "writable folder, or a path where one can be made"
+        ) from None
+
+
 def evaluate_command(ref: str, split: str = "test", out: str | None = None, images: int = IMAGES):
     """The evaluate command: load, evaluate, print, write and log; returns the exit code."""
     from nin_search.checkpoint import load, size_text
@@ -239,6 +256,7 @@ def evaluate_command(ref: str, split: str = "test", out: str | None = None, imag
 
     if images < 1:
         raise ConfigError(f"--images {images} is not allowed; expected >= 1")
+    check_out(Path(out or "reports/evaluate"))  # before the work, not after it
     check_tracking()
     if not store_exists(tracking_uri()):  # looking a model up must not create an empty store
         raise ConfigError(

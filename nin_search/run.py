@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from nin_search.checkpoint import log_model, size_text
 from nin_search.config import Config, ConfigError, flatten, to_toml
 from nin_search.curve import Finding, suggest
 from nin_search.data import load_data
-from nin_search.evaluation import evaluate_split, log_evaluation
+from nin_search.evaluation import check_out, evaluate_split, log_evaluation
 from nin_search.lr_finder import find_lr
 from nin_search.plots import lr_finder_curve, training_curves
 from nin_search.storage import StoreLock
@@ -206,7 +205,7 @@ def lr_finder_run(
     cfg = resolved(cfg, device)
     summarize(cfg)  # validates the input size before any data is read
     folder = Path(out or Path("reports/lr-finder") / time.strftime("%Y%m%d-%H%M%S"))
-    _check_out(folder)  # before MLflow or the data are touched
+    check_out(folder)  # before MLflow or the data are touched
     check_tracking(experiment)  # the store, then the data: a mistake in either writes nothing
     data = load_data(cfg.data, device, with_test=False)
     uri, exp_id = open_experiment(experiment)
@@ -279,15 +278,6 @@ def lr_finder_run(
     say(f"plot: {folder / 'lr_finder.html'}  json: {folder / 'lr_finder.json'}")
     say(f"run {run.info.run_id} logged to {mask(uri)}; open the MLflow UI with: {ui_command(uri)}")
     return finding, run.info.run_id
-
-
-def _check_out(folder: Path) -> None:
-    """--out must be a folder this user can write, or one that can be made."""
-    parent = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
-    if parent.exists() and not parent.is_dir():
-        raise ConfigError(f"--out {folder}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {folder}: {parent} is not writable")
 
 
 def lr_range_from_finder(

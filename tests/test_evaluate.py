@@ -283,6 +283,14 @@ def _bad_model(trained, how: str) -> str:
         run = client.create_run(exp_id)
         client.set_terminated(run.info.run_id)
         return run.info.run_id
+    if how.startswith("deleted"):  # the trained model again, in a run deleted afterwards
+        from nin_search.checkpoint import load
+
+        good = load(trained.id)
+        with mlflow.start_run(experiment_id=exp_id) as run:
+            model_id, _ = log_model(good.model, good.cfg, good.input_size, good.num_classes)
+        client.delete_run(run.info.run_id)
+        return run.info.run_id if how == "deleted run" else f"models:/{model_id}"
     cfg = load_config(trained.folder / "tiny.toml")
     with mlflow.start_run(experiment_id=exp_id) as run:
         if how == "other format":
@@ -301,9 +309,14 @@ def _bad_model(trained, how: str) -> str:
     return run.info.run_id
 
 
+def _with_file(path: Path, ref: str) -> str:
+    path.write_text("kept")
+    return ref
+
+
 BAD = {
     "unknown run": (lambda t: "0123456789abcdef0123456789abcdef", [], "not found"),
-    "no model": (lambda t: _bad_model(t, "no model"), [], "has no logged model"),
+    "no model": (lambda t: _bad_model(t, "no model"), [], "it has no logged model"),
     "invalid config": (
         lambda t: _bad_model(t, "invalid config"),
         [],
@@ -315,6 +328,31 @@ BAD = {
     "unknown alias": (lambda t: "models:/nope@best", [], "not found"),
     "images 0": (lambda t: t.id, ["--images", "0"], "--images 0 is not allowed"),
     "images -3": (lambda t: t.id, ["--images", "-3"], "--images -3 is not allowed"),
+    # a deleted run is refused before its model or the data are read: evaluating it would
+    # write into it; and so is a kept model whose run was deleted
+    "deleted run": (lambda t: _bad_model(t, "deleted run"), [], "is deleted; restore it"),
+    "model of a deleted run": (
+        lambda t: _bad_model(t, "deleted model"),
+        [],
+        "is deleted; restore it",
+    ),
+    # the run's model is there, only the path after the run id is wrong: not "deleted"
+    "wrong model path": (
+        lambda t: f"runs:/{t.id}/nomodel",
+        [],
+        "has no model 'nomodel'; its model is runs:/",
+    ),
+    # --out is checked before the evaluation, not after it
+    "out a file": (
+        lambda t: _with_file(t.folder / "afile", t.id),
+        ["--out", "afile"],
+        "--out afile: afile is a file, not a folder",
+    ),
+    "out in /proc": (
+        lambda t: t.id,
+        ["--out", "/proc/nope"],
+        "--out /proc/nope: cannot create a folder in /proc",
+    ),
 }
 
 
@@ -330,11 +368,13 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(trained, case: str, mon
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     capsys.readouterr()
     code = main(["evaluate", ref, "--out", f"bad-{case}", *extra])
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert code == 2, err
     # one line naming what is wrong, and no file written anywhere
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
     assert message in err
+    # refused before the work: no model was loaded onto the device and evaluated
+    assert "model: models:/" not in out
     assert not (trained.folder / f"bad-{case}").exists()
     assert _artifacts(trained.client, trained.id) == before
     if ref != trained.id and re.fullmatch(r"[0-9a-f]{32}", ref) and case != "unknown run":
