@@ -23,7 +23,15 @@ from nin_search.data import check_data
 from nin_search.model import check_input_size
 from nin_search.space import Param, per_arm
 from nin_search.storage import StoreLock
-from nin_search.study import Study, header, keep_option, shared_values, spec, with_params
+from nin_search.study import (
+    OBJECTIVES,
+    Study,
+    header,
+    keep_option,
+    shared_values,
+    spec,
+    with_params,
+)
 from nin_search.train import resolved
 
 ABLATION_KEYS = {
@@ -52,6 +60,11 @@ def load_ablation(
     n_seeds (--seeds N) keeps the file's first N seeds, or adds the next unused integers.
     """
     doc = read_toml(path)
+    if isinstance(doc.get("objective"), list):  # a sweep's Pareto form; a cell has one value
+        raise ConfigError(
+            f"{path}: objective = {doc['objective']!r} is not allowed; an ablation takes one "
+            f"objective, one of {', '.join(OBJECTIVES)}"
+        )
     name, profile, objective = header(path, doc, ABLATION_KEYS, "final_val_acc")
     seeds = doc.get("seeds", [0, 1, 2])
     if (

@@ -125,6 +125,7 @@ def _component(path: str, doc: dict, table: str, types: tuple, default: str) -> 
 
 
 NAME_MAX = 200  # characters: MLflow keeps run names ("NAME trial N") to 250, models to 256
+REGISTRY_FORBIDS = ("/", ":", "%")  # MLflow's model registry refuses them in a name
 
 
 def shared_values(path: str, doc: dict, overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -152,6 +153,15 @@ def header(path: str, doc: dict, keys: set[str], objective: str) -> tuple[str, s
             f"expected at most {NAME_MAX} printable characters (it names the MLflow experiment, "
             "runs and model)"
         )
+    # MLflow's model registry refuses these (mlflow.utils.validation._validate_model_name and
+    # its file store's): models:/NAME@best would never exist, after every trial had run. One
+    # rule for sweeps and ablations: they share one name space (an Optuna study each)
+    if any(c in name for c in REGISTRY_FORBIDS) or name == "." or name.startswith(".."):
+        raise ConfigError(
+            f"{path}: name = {name[:40]!r} is not allowed; expected no '/', ':' or '%', and "
+            "not '.' or a leading '..' (a sweep registers its best model under the name, and "
+            "MLflow's model registry refuses them): use '-' or '_' instead"
+        )
     profile = doc.get("profile")
     if profile == "auto":  # as --profile auto: d2l on CUDA, cpu otherwise (torch asked lazily)
         import torch
@@ -163,7 +173,7 @@ def header(path: str, doc: dict, keys: set[str], objective: str) -> tuple[str, s
             f"{', '.join(PROFILES)}"
         )
     objective = doc.get("objective", objective)
-    if objective not in OBJECTIVES:
+    if not isinstance(objective, str) or objective not in OBJECTIVES:  # a list is unhashable
         raise ConfigError(
             f"{path}: objective = {objective!r} is not allowed; expected one of "
             f"{', '.join(OBJECTIVES)}"
