@@ -1,7 +1,7 @@
 """Optuna storages: SQLite and PostgreSQL with heartbeats, or a journal file.
 
     sqlite:///mlruns/optuna.db            the default (optuna-dashboard reads it)
-    postgresql://user:PASSWORD@host/db    several machines (the password is masked when shown)
+    postgresql://user:PASSWORD@host/db    several machines (masked when shown; an @ in it: %40)
     runs/study.log or journal:PATH        a journal file (no heartbeats)
 
 With an RDB storage each running trial beats every NIN_SEARCH_HEARTBEAT_S seconds (20); a trial
@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import logging
 import os
 import sys
 import threading
@@ -31,7 +32,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from nin_search.config import ConfigError
-from nin_search.tracking import mask
+from nin_search.tracking import check_db_url, mask, store_failure
 
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")  # a storage path ending so is a journal file
@@ -120,18 +121,38 @@ def _retry(url: str, call, state: dict | None = None, reset=lambda: None):
             delay = min(2 * delay, 8.0)
 
 
-class _RetryingRDBStorage(optuna.storages.RDBStorage):
-    """An RDB storage (PostgreSQL, MySQL) whose calls wait out a server restart instead of
-    failing the trial. A lost heartbeat is skipped, not retried: the next one comes soon."""
+class _RDBStorage(optuna.storages.RDBStorage):
+    """An RDB storage whose heartbeat, run in Optuna's heartbeat thread, fails quietly: an
+    exception there reaches threading.excepthook, a 90-line traceback beside cli.main's one
+    line. A store failure (a full disk, a read-only file) is silent, since the trial's own next
+    write fails the same way and the main thread says so; anything else is one line, once.
+    With --debug (the "nin_search" logger at DEBUG) the traceback shows."""
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
             super().record_heartbeat(trial_id)
         except Exception as e:
-            if not _transient(e):
+            if _transient(e) and not self.url.startswith("sqlite"):
+                # a server restarting: skip this beat, not retried, the next one comes soon
+                with contextlib.suppress(Exception):
+                    optuna.storages.RDBStorage.remove_session(self)  # its connection is gone
+                return
+            if logging.getLogger("nin_search").isEnabledFor(logging.DEBUG):
                 raise
-            with contextlib.suppress(Exception):
-                optuna.storages.RDBStorage.remove_session(self)  # its connection is gone
+            if store_failure(e) is None and not self.__dict__.get("_nin_beat_said"):
+                self._nin_beat_said = True
+                first = (str(e.__cause__ or e).strip().splitlines() or [type(e).__name__])[0]
+                print(
+                    f"storage {mask(self.url)}: heartbeat of trial {trial_id} not recorded "
+                    f"({first[:200]})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+
+class _RetryingRDBStorage(_RDBStorage):
+    """An RDB storage (PostgreSQL, MySQL) whose calls wait out a server restart instead of
+    failing the trial."""
 
 
 def _retrying(name: str):
@@ -166,6 +187,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             path = url.removeprefix("journal:")
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
+        check_db_url(url, "--storage")  # a driver missing, a password SQLAlchemy misreads
         if url == DEFAULT_STORAGE:
             Path("mlruns").mkdir(exist_ok=True)
         engine = (
@@ -174,7 +196,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             else {"pool_pre_ping": True}
         )
         # a database server may restart under a long sweep: its calls wait it out
-        rdb = optuna.storages.RDBStorage if url.startswith("sqlite") else _RetryingRDBStorage
+        rdb = _RDBStorage if url.startswith("sqlite") else _RetryingRDBStorage
         with StoreLock(url, key="nin-search schema"):  # fresh stores: one creates the tables
             return rdb(
                 url,
@@ -250,6 +272,8 @@ def _take(kind: str, where: str, key: str):
         fcntl.flock(fd, fcntl.LOCK_EX)
         return lambda: os.close(fd)  # closing releases the lock
     import sqlalchemy
+
+    check_db_url(where, "--storage")  # before SQLAlchemy's ImportError or ValueError traceback
 
     def lock():
         conn = _engine(where).connect()

@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 from pathlib import Path
+from urllib.parse import unquote
 
 import mlflow
 import sqlalchemy.exc
@@ -25,26 +26,79 @@ ARTIFACTS = Path("mlruns/artifacts")
 KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
-SECRET_KEYS = {"password", "passwd", "pwd", "pass", "secret", "token"}  # query parameters
+# query parameters whose value is a secret: password, sslpassword, passwd, pwd, secret, token, ...
+SECRET_PARTS = ("pass", "pwd", "secret", "token")
+
+
+def _credentials_end(rest: str) -> int:
+    """The index of the '@' that ends user:password in a URL's text after '//', or -1. The
+    password may hold '@', ':' or '?' written as they are: the host follows the LAST '@' before
+    the query, and the query starts at the first '?' after the first '@'."""
+    first = rest.find("@")
+    if first < 0:
+        return -1
+    query = rest.find("?", first)
+    return rest.rfind("@", 0, query if query >= 0 else len(rest))
 
 
 def mask(url: str) -> str:
     """The URL with any password replaced by ***, for printing and logging: user:password@
-    and query parameters such as ?password=... SQLite URLs and plain paths hold no password
-    and are returned as they are (a ':' or '@' in a path is part of the file's name)."""
+    and password-like query parameters (?password=, ?sslpassword=, ?token=...). The rest is
+    shown as it was written. SQLite URLs and plain paths hold no password and are returned as
+    they are (a ':' or '@' in a path is part of the file's name)."""
     if url.startswith("sqlite:") or "://" not in url:
         return url
+    scheme, rest = url.split("://", 1)
+    at = _credentials_end(rest)
+    if at > 0 and ":" in rest[:at]:
+        rest = f"{rest[: rest.index(':')]}:***{rest[at:]}"
+    head, sep, query = rest.partition("?")
+    params = [p.partition("=") for p in query.split("&")] if sep else []
+    query = "&".join(
+        f"{k}=***" if eq and any(s in unquote(k).lower() for s in SECRET_PARTS) else k + eq + v
+        for k, eq, v in params
+    )
+    return f"{scheme}://{head}{sep}{query}"
+
+
+# the DB-API module SQLAlchemy imports for a database URL, and what provides it
+DRIVERS = {
+    "psycopg": "pip install 'nin-search[postgres]' (psycopg)",
+    "psycopg2": "pip install psycopg2-binary, or write postgresql+psycopg:// and pip install "
+    "'nin-search[postgres]'",
+    "MySQLdb": "pip install mysqlclient, or write mysql+pymysql:// and pip install PyMySQL",
+    "pymysql": "pip install PyMySQL",
+}
+
+
+def check_db_url(url: str, what: str) -> None:
+    """A database server's URL (postgresql://, mysql+pymysql://, ...) that SQLAlchemy reads
+    the way it was meant, with its driver installed; else a one-line ConfigError, `what` and
+    the masked URL first. SQLite URLs and paths pass: they need no driver."""
+    if url.startswith("sqlite:") or "://" not in url:
+        return
+    shown = f"{what} {mask(url)}"
+    rest = url.split("://", 1)[1]
+    # SQLAlchemy ends the password at its first '@' and reads the rest as host:port: a
+    # ValueError that quotes a piece of the password, or another host
+    if rest.find("@") != _credentials_end(rest):
+        raise ConfigError(
+            f"{shown}: an '@' in the password must be written %40 (and ':' %3A, '/' %2F)"
+        )
     try:
-        u = make_url(url)
-        query = {k: ("***" if k.lower() in SECRET_KEYS else v) for k, v in u.query.items()}
-        shown = u.set(query=query).render_as_string(hide_password=True)
-        return shown.replace("%2A%2A%2A", "***")  # the query part comes URL-encoded
-    except Exception:  # not an SQLAlchemy URL (a file path, http://...): mask user:pass@ by hand
-        head, sep, tail = url.rpartition("@")
-        if sep and "://" in head and ":" in head.split("://", 1)[1]:
-            scheme, cred = head.split("://", 1)
-            return f"{scheme}://{cred.split(':', 1)[0]}:***@{tail}"
-        return url
+        dialect = make_url(url).get_dialect()
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise ConfigError(f"{shown}: SQLAlchemy knows no database {url.split(':')[0]!r}") from None
+    except Exception:  # its message may quote the password: say what a URL looks like
+        raise ConfigError(
+            f"{shown} is not a database URL: expected dialect[+driver]://user:password@host"
+            "[:port]/database, with '@', ':' and '/' in the password written %40, %3A, %2F"
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        fix = DRIVERS.get(e.name or "", f"pip install the package that provides {e.name}")
+        raise ConfigError(f"{shown}: its driver {e.name} is not installed; {fix}") from None
 
 
 def tracking_uri() -> str:
@@ -85,8 +139,11 @@ def check_tracking(experiment: str | None = None) -> None:
     if uri.startswith(("http://", "https://")):
         _probe(uri, bad)
         return
+    if uri.split(":")[0].split("+")[0] in ("postgresql", "mysql", "mssql"):
+        _probe_db(uri, bad)
+        return
     if not uri.startswith("sqlite:"):
-        return  # file:, databricks, postgresql...: MLflow's own errors (experiment_id)
+        return  # file:, databricks...: MLflow's own errors (experiment_id)
     try:
         db = make_url(uri).database
     except Exception as e:
@@ -129,6 +186,29 @@ def _probe(uri: str, bad: str) -> None:
         raise ConfigError(
             f"{bad}: {u.netloc} gave no answer within {PROBE_S:g} s ({why})"
         ) from None
+
+
+def _probe_db(uri: str, bad: str) -> None:
+    """A database server that accepts a connection within PROBE_S: MLflow itself retries an
+    unreachable one 10 times over ~100 s before its traceback."""
+    import sqlalchemy
+
+    check_db_url(uri, "MLflow store")
+    u = make_url(uri)
+    # a silent host: the driver's own timeout (a refused port fails at once anyway)
+    wait = {"connect_timeout": int(PROBE_S)} if u.get_backend_name() != "mssql" else {}
+    if "connect_timeout" in u.query:
+        wait = {}  # the user's own
+    engine = sqlalchemy.create_engine(u, poolclass=sqlalchemy.pool.NullPool, connect_args=wait)
+    try:
+        engine.connect().close()
+    except Exception as e:  # refused, unresolvable, silent, a bad password or database
+        first = (str(e.__cause__ or e).strip().splitlines() or [type(e).__name__])[0]
+        if u.password:  # drivers should not echo it; make sure
+            first = first.replace(str(u.password), "***")
+        raise ConfigError(f"{bad}: {first[:200]}") from None
+    finally:
+        engine.dispose()
 
 
 def _check_sqlite(path: Path, bad: str) -> None:
@@ -261,7 +341,10 @@ def run_tags(cfg: Config, device: str) -> dict[str, str]:
 
 
 def ui_command(uri: str) -> str:
-    """The command that opens the MLflow UI on this store, bound to 127.0.0.1."""
+    """The command that opens the MLflow UI on this store, bound to 127.0.0.1; for a tracking
+    server, its own address (it serves the UI, and is no backend store of `mlflow server`)."""
+    if uri.startswith(("http://", "https://")):
+        return mask(uri)
     return (
         "python -m nin_search ui"
         if uri == DEFAULT_URI
@@ -275,6 +358,11 @@ def ui_args(uri: str, host: str = "127.0.0.1", port: int = 5000) -> tuple[list[s
     line, where `ps` shows it (and its password) to every user of the machine."""
     import sys
 
+    if uri.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"MLFLOW_TRACKING_URI is the tracking server {mask(uri)}, which serves the UI "
+            "itself: open that address"
+        )
     args = [sys.executable, "-m", "mlflow", "server"]
     if uri == DEFAULT_URI:
         args += ["--default-artifact-root", ARTIFACTS.resolve().as_uri()]

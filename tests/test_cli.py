@@ -420,6 +420,17 @@ def test_ui_command_binds_loopback_and_masks_passwords():
     assert "--default-artifact-root" in ui_args(DEFAULT_URI)[0]
 
 
+def test_ui_of_a_tracking_server_is_the_server_itself():
+    from nin_search.tracking import ui_args, ui_command
+
+    url = "http://nin:s3cret@mlflow-host:5000"
+    # a tracking server serves its own UI: the hint is its address, masked, and `ui` refuses
+    # to start `mlflow server` with it as a backend store (which it is not)
+    assert ui_command(url) == "http://nin:***@mlflow-host:5000"
+    with pytest.raises(ConfigError, match=r"tracking server http://nin:\*\*\*@mlflow-host:5000"):
+        ui_args(url)
+
+
 def test_workers_get_the_storage_url_in_their_environment_not_their_argv():
     from nin_search.workers import worker_command
 
@@ -452,6 +463,13 @@ def test_cpu_workers_split_the_cores_unless_the_user_set_the_threads():
         ("postgresql://nin:s3cret@h/db", "postgresql://nin:***@h/db"),
         ("postgresql://nin@h/db?password=s3cret", "postgresql://nin@h/db?password=***"),
         ("http://nin:s3cret@h:5000/x", "http://nin:***@h:5000/x"),
+        # every password-like query parameter, whatever its case
+        (
+            "postgresql://nin@h/db?sslmode=require&sslpassword=s3cret&Token=s3cret",
+            "postgresql://nin@h/db?sslmode=require&sslpassword=***&Token=***",
+        ),
+        # '@' and ':' in a password: the host follows the last '@'
+        ("postgresql://nin:s3@cret@h/db", "postgresql://nin:***@h/db"),
     ],
 )
 def test_mask_hides_passwords_and_leaves_paths_alone(url: str, shown: str):
