@@ -13,6 +13,7 @@ python -m nin_search evaluate RUN_ID --split test
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from nin_search.config import ConfigError, load_config, resolve_profile
@@ -186,7 +187,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from nin_search.data import check_data
     from nin_search.storage import heartbeat_s, storage_url
     from nin_search.study import load_study
-    from nin_search.sweep import run_sweep
+    from nin_search.sweep import check_space, run_sweep
     from nin_search.tracking import check_tracking
     from nin_search.train import resolved
 
@@ -196,6 +197,7 @@ def _sweep(args: argparse.Namespace) -> int:
     # exit 2 before anything is written: device and precision, the data, the MLflow store and
     # $NIN_SEARCH_HEARTBEAT_S (run_sweep makes mlruns/ before it opens the Optuna store)
     resolved(study.base_config())
+    check_space(study)  # a search whose every sample the network cannot take
     check_data(study.base_config().data)
     check_tracking()
     heartbeat_s()
@@ -233,7 +235,7 @@ def _ablate(args: argparse.Namespace) -> int:
     tail = ["ablate", args.study] + [f"--set={o}" for o in args.overrides]
     tail += ["--seeds", str(len(study.seeds))] + (["--final-eval"] if args.final_eval else [])
     code = run_sweep(study, url, None, None, args.workers, tail, args.worker)
-    if args.worker:
+    if args.worker or code:  # nothing finished, or a worker failed: its line stays the last
         return code
     from nin_search.report import load, report
 
@@ -303,6 +305,8 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.debug:  # tracebacks from threads too (storage's heartbeat)
+        logging.getLogger("nin_search").setLevel(logging.DEBUG)
     try:
         return COMMANDS[args.command](args)
     except ConfigError as e:

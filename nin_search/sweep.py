@@ -11,6 +11,9 @@ has its trial failed after the grace period, retried once, and its MLflow run en
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
+import sys
 from pathlib import Path
 
 import mlflow
@@ -19,16 +22,19 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nin_search import pareto
 from nin_search.ablation import check_same_ablation
-from nin_search.config import flatten
+from nin_search.config import ConfigError, flatten
+from nin_search.model import check_input_size, spatial_trace
 from nin_search.optuna_study import finished, make_sampler, open_study
+from nin_search.space import Param
 from nin_search.storage import DEFAULT_STORAGE, StoreLock, open_storage
-from nin_search.study import OBJECTIVES, Study, spec
+from nin_search.study import OBJECTIVES, Study, spec, with_params
 from nin_search.tracking import experiment_id, mask, setup_tracking, tracking_uri, ui_command
 from nin_search.train import resolved
 from nin_search.trial import DataCache, make_objective
 from nin_search.workers import (
     command_id,
     fail_stale,
+    failure,
     spawn,
     this_run,
     work,
@@ -97,7 +103,10 @@ def _best(ostudy: optuna.Study) -> FrozenTrial | None:
         return None
 
 
-def _report_trial(study: Study, _ostudy: optuna.Study, trial: FrozenTrial) -> None:
+def _report_trial(
+    study: Study, _ostudy: optuna.Study, trial: FrozenTrial, seen: dict[str, int] | None = None
+) -> None:
+    """One line per trial; seen (reason -> first trial) names a repeated failure's reason once."""
     shown = ", ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()
     )
@@ -115,7 +124,9 @@ def _report_trial(study: Study, _ostudy: optuna.Study, trial: FrozenTrial) -> No
         if "reason" in trial.user_attrs:
             what = f"diverged ({trial.user_attrs['reason']})"
     else:
-        what = f"failed: {trial.user_attrs.get('fail_reason', 'see the log above')}"
+        reason = trial.user_attrs.get("fail_reason", "see the log above")
+        first = (seen if seen is not None else {}).setdefault(reason, trial.number)
+        what = f"failed: {reason}" if first == trial.number else f"failed as trial {first} did"
     print(f"trial {trial.number:>3} {what}  ({shown})", flush=True)
 
 
@@ -132,8 +143,12 @@ def run_worker(
     objective = make_objective(study, url, exp_id, parent, lr_range, DataCache(), extra_tags)
     # over-budget samples cost no training and do not count: allow many of them
     most = (30 if study.constraints else 3) * target
-    report = lambda s, t: _report_trial(study, s, t)  # noqa: E731
-    work(study, ostudy, objective, target, timeout, report, most)  # workers.py
+    seen: dict[str, int] = {}
+    report = lambda s, t: _report_trial(study, s, t, seen)  # noqa: E731
+    # a sample the network cannot take stops the run when repeated only if no sample fits: in
+    # a search with some that do (data.resize in [8, 96]), three 8s in a row are chance
+    rejections_stop = space_fits(study)[0] is not True
+    work(study, ostudy, objective, target, timeout, report, most, rejections_stop)
     return 0
 
 
@@ -206,7 +221,62 @@ def run_sweep(
         from nin_search.checkpoint import register_best
 
         register_best(study, final)
+    why = failure(study, final)
+    if why:  # cron and systemd read the exit code: a run that achieved nothing is not a success
+        sys.stdout.flush()  # the summary first, in a log that takes both streams
+        print(f"error: {why}", file=sys.stderr, flush=True)
+        return max(code, 1)
     return code
+
+
+SPACE_CHECKS = 128  # combinations of searched values check_space tries before it gives up
+
+
+def check_space(study: Study) -> None:
+    """ConfigError when no values of the searched keys give a config the network can take, so
+    that every trial would fail untrained: a sweep refuses it at load, as `train` does."""
+    fits, first = space_fits(study)
+    if fits is False:
+        raise ConfigError(
+            f"{study.path}: every trial would fail untrained, whatever [params] samples "
+            f"({', '.join(study.params)}): {first}"
+        )
+
+
+def space_fits(study: Study) -> tuple[bool | None, ConfigError | None]:
+    """Whether some values of the searched keys give a config the network can take: True,
+    False (with the first reason) or None (not all tried, or an ablation).
+
+    It tries every choice and both ends of every range, which is enough: the input only grows
+    with data.resize (0, native 28 px, is its low end), the other numeric keys leave the
+    geometry alone, and each rule between keys (momentum with nesterov or adam, lr_finder's
+    start and end) holds at one end of a range if anywhere. Past SPACE_CHECKS combinations
+    the trials say it instead."""
+    if study.arms:
+        return None, None  # an ablation's arms are checked one by one (ablation.check_arms)
+    axes = {k: _ends(p) for k, p in study.params.items() if p.kind != "lr_finder"}
+    first: ConfigError | None = None
+    for combo in itertools.islice(itertools.product(*axes.values()), SPACE_CHECKS):
+        try:
+            cfg = resolved(with_params(study, dict(zip(axes, combo, strict=True)), "[params]"))
+        except ConfigError as e:
+            first = first or e
+            continue
+        size = cfg.data.resize or 28
+        if spatial_trace(cfg.model, size)[-1][3] >= 1:  # fits: check_input_size's test
+            return True, None
+        if first is None:  # its message (a search for the smallest size) once only
+            try:
+                check_input_size(cfg.model, size)
+            except ConfigError as e:
+                first = e
+    if first is None or math.prod(map(len, axes.values())) > SPACE_CHECKS:
+        return None, first  # not all tried: let the trials say
+    return False, first
+
+
+def _ends(p: Param) -> list:
+    return list(p.choices) if p.kind == "categorical" else list(dict.fromkeys((p.low, p.high)))
 
 
 def _summary(

@@ -184,6 +184,7 @@ def make_objective(
             setup = time.perf_counter() - setup
             if reason:
                 trial.set_user_attr("fail_reason", reason)
+                trial.set_user_attr("sample_rejected", True)  # workers.work's in-a-row stop
                 mlflow.set_tag("nin.reason", reason[:5000])
                 raise TrialRejected(reason)
             trial.set_user_attr("params", size["params"])

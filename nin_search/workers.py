@@ -35,6 +35,7 @@ from nin_search.trial import TrialRejected, check_ctrl_c, deferred_ctrl_c
 
 COMMAND = "NIN_SEARCH_COMMAND"  # the id of the command a worker runs for: "this run" in summaries
 POLL_S = 1.0  # how often a waiting worker looks again (each look is one query)
+FAILS_IN_A_ROW = 3  # trials failed in a row for one reason: the next would too, so stop
 
 
 def command_id(worker: bool) -> str:
@@ -44,13 +45,48 @@ def command_id(worker: bool) -> str:
     return os.environ[COMMAND]
 
 
-def this_run(ostudy: optuna.Study) -> dict[TrialState, int]:
-    """Trials by state that this command's workers ran (not those of other commands)."""
+def _mine(ostudy: optuna.Study) -> list[FrozenTrial]:
     me = os.environ.get(COMMAND)
-    trials = [
+    return [
         t for t in ostudy.get_trials(deepcopy=False) if t.system_attrs.get("nin_command") == me
     ]
+
+
+def this_run(ostudy: optuna.Study) -> dict[TrialState, int]:
+    """Trials by state that this command's workers ran (not those of other commands)."""
+    trials = _mine(ostudy)
     return {s: sum(t.state == s for t in trials) for s in TrialState}
+
+
+def failure(study: Study, ostudy: optuna.Study) -> str | None:
+    """Why this command's trials all failed or were over budget, or None: one finished (or none
+    was started)."""
+    from nin_search.optuna_study import FINISHED
+    from nin_search.pareto import counted
+
+    mine = _mine(ostudy)
+    if any(t.state in FINISHED and counted(t) for t in mine):
+        return None
+    # a cell taken by another command meanwhile (ablation.has_cell) is no failure of this one
+    failed = [
+        t
+        for t in mine
+        if t.state == TrialState.FAIL and t.system_attrs.get("nin_cell", {}) is not None
+    ]
+    unit = "cells" if study.arms else "trials"
+    if failed:
+        reason = failed[0].user_attrs.get("fail_reason", "see the log above")
+        return (
+            f"{len(failed)} {unit} failed and none finished; the first (trial "
+            f"{failed[0].number}): {reason}"
+        )
+    over = [t for t in mine if not counted(t)]
+    if over:
+        return (
+            f"all {len(over)} samples were over the [constraints] budget, none trained (the "
+            f"first: {over[0].user_attrs['over_budget']}); loosen the budget or the [params]"
+        )
+    return None
 
 
 def heartbeats(ostudy: optuna.Study) -> bool:
@@ -98,11 +134,19 @@ def _alive(t: FrozenTrial) -> bool:
 
 
 def work(
-    study: Study, ostudy: optuna.Study, objective, target: int, timeout, report, most: int
+    study: Study,
+    ostudy: optuna.Study,
+    objective,
+    target: int,
+    timeout,
+    report,
+    most: int,
+    rejections_stop: bool = True,
 ) -> None:
     """Run trials in this process until the study holds `target` finished ones (or the cells of
-    its grid are all finished), `timeout` seconds have passed, or `most` trials started here
-    (a sample that always fails must not loop for ever)."""
+    its grid are all finished), `timeout` seconds have passed, `most` trials started here (a
+    sample that always fails must not loop for ever) or FAILS_IN_A_ROW failed for one reason
+    (samples the network cannot take count only where rejections_stop: no sample may fit)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     lock = StoreLock(ostudy._storage, key=study.name)
     me = os.environ.get(COMMAND)
@@ -116,7 +160,11 @@ def work(
             storage.set_trial_system_attr(tid, "nin_command", me)
         return objective(trial)
 
-    started = 0
+    started, ran = 0, []
+
+    def record(_s: optuna.Study, t: FrozenTrial) -> None:
+        ran.append(t)
+
     with deferred_ctrl_c():
         while started < most and (deadline is None or time.monotonic() < deadline):
             fail_stale(ostudy)
@@ -126,10 +174,18 @@ def work(
                 if step == "run":
                     started += 1
                     ostudy.optimize(
-                        admitted, n_trials=1, catch=(TrialRejected,), callbacks=[report]
+                        admitted, n_trials=1, catch=(TrialRejected,), callbacks=[report, record]
                     )
             finally:
                 lock.release()
+            last = ran[-FAILS_IN_A_ROW:]
+            if len(last) == FAILS_IN_A_ROW and _same_failure(last, rejections_stop):
+                print(
+                    f"stopped: {FAILS_IN_A_ROW} trials in a row failed for one reason "
+                    f"(trial {last[0].number}'s); the next would too",
+                    flush=True,
+                )
+                return
             # a grid sampler with every point visited stops the study (CellSampler's stop is
             # only a hint: _next knows whether a cell may still come free)
             if step == "done" or (ostudy._stop_flag and not study.arms):
@@ -137,6 +193,14 @@ def work(
             if step == "wait":
                 _sleep(POLL_S)
             check_ctrl_c()  # pressed between trials: start no other
+
+
+def _same_failure(trials: list[FrozenTrial], rejections: bool) -> bool:
+    """All failed for one reason; a sample the network cannot take counts only if rejections."""
+    if not rejections and any(t.user_attrs.get("sample_rejected") for t in trials):
+        return False
+    reasons = {t.user_attrs.get("fail_reason") for t in trials}
+    return all(t.state == TrialState.FAIL for t in trials) and len(reasons) == 1
 
 
 def _sleep(seconds: float) -> None:
@@ -210,6 +274,7 @@ def spawn(workers: int, argv_tail: list[str], url: str) -> int:
 __all__ = [
     "command_id",
     "this_run",
+    "failure",
     "fail_stale",
     "work",
     "worker_command",

@@ -26,6 +26,7 @@ from test_sweep import (
     runs,
     sqlite_url,
     sweep_ok,
+    swept_here,
     tables,
     trials,
     wait_for_running_trial,
@@ -284,6 +285,21 @@ def test_ablation_reruns_a_failed_cell_only(work, data):
     assert sorted(ran) == [("fc", 1), ("fc", 2), ("gap", 1), ("gap", 2)]
     assert all(t.state == TrialState.COMPLETE for t in ts[3:])
     assert "2 of 6 cells finished" in res.stdout
+
+
+def test_an_ablation_whose_every_cell_failed_exits_1_and_its_last_line_says_why(work, data):
+    # both arms are too small for the d2l NiN at 16 px: run past check_arms, each cell fails
+    arms = {"gap": {"model.preset": "d2l"}, "fc": {"model.preset": "d2l", "model.head": "fc"}}
+    (work / "study.toml").write_text(ablation_text("nocell", data, seeds="[0]", arms=arms))
+    res = swept_here(work, "ablate")
+    tried = trials(work, "nocell")
+    reason = tried[0].user_attrs["fail_reason"]
+    assert "too small for the d2l NiN" in reason
+    # both cells failed, none finished: exit 1, with how many and the first reason last
+    assert [t.state for t in tried] == [TrialState.FAIL] * 2
+    assert res.code == 1
+    last = res.err.strip().splitlines()[-1]
+    assert last == f"error: 2 cells failed and none finished; the first (trial 0): {reason}"
 
 
 CELLS = [{"arm": a, "train.seed": s} for s in range(3) for a in ("a", "b")]

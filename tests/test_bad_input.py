@@ -20,10 +20,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -395,6 +397,13 @@ CASES = [
         {},
         "f is a file, not a folder",
     ),
+    (  # os.access says yes to root there; the check must not wait for the range test
+        "lr-finder --out in /proc",
+        _none,
+        ["lr-finder", *TRAIN[1:], "--out", "/proc/nope"],
+        {},
+        "--out /proc/nope: cannot create a folder in /proc",
+    ),
     ("ui port", _none, ["ui", "--port", "99999"], {}, "--port 99999 is not allowed"),
     ("ui host", _none, ["ui", "--host", "no-such-host.invalid"], {}, "does not resolve"),
     ("timeout nan", _study(), ["sweep", "s.toml", "--timeout", "nan"], {}, "--timeout 'nan'"),
@@ -412,6 +421,28 @@ CASES = [
         ["sweep", "s.toml", "--storage", "postgresql://u:secret@127.0.0.1:1/db"],
         {},
         "postgresql://u:***@127.0.0.1:1/db cannot be opened",
+    ),
+    # a database driver that is not installed: named, with the package that provides it
+    (
+        "storage mysql without its driver",
+        _study(),
+        ["sweep", "s.toml", "--storage", "mysql://u:secret@127.0.0.1:1/db"],
+        {},
+        "u:***@127.0.0.1:1/db: its driver MySQLdb is not installed; pip install mysqlclient",
+    ),
+    (
+        "storage pymysql without its driver",
+        _study(),
+        ["sweep", "s.toml", "--storage", "mysql+pymysql://u:secret@127.0.0.1:1/db"],
+        {},
+        "its driver pymysql is not installed; pip install PyMySQL",
+    ),
+    (
+        "storage @ in the password",
+        _study(),
+        ["sweep", "s.toml", "--storage", "postgresql://u:p@ss:w0rd@127.0.0.1:1/db"],
+        {},
+        "postgresql://u:***@127.0.0.1:1/db: an '@' in the password must be written %40",
     ),
     # search spaces
     *[
@@ -507,6 +538,17 @@ CASES = [
     # names and --set in study commands
     ("long sweep name", _study(name="x" * 300), ["sweep", "s.toml"], {}, "at most 200"),
     ("long ablation name", _ablation(name="é" * 201), ["ablate", "a.toml"], {}, "at most 200"),
+    # a sweep registers its best model under the name, and MLflow's registry refuses these;
+    # one name rule for both kinds of file
+    ("sweep name with /", _study(name="team/nin"), ["sweep", "s.toml"], {}, "no '/', ':' or '%'"),
+    ("ablation name with :", _ablation(name="a:b"), ["ablate", "a.toml"], {}, "'a:b' is not"),
+    (
+        "ablation of two objectives",
+        _ablation(top='objective = ["final_val_acc", "macs"]'),
+        ["ablate", "a.toml"],
+        {},
+        "an ablation takes one objective",
+    ),
     (
         "bad --set in sweep",
         _study(),
@@ -556,6 +598,26 @@ CASES = [
             ("empty params", {"params": {}}, "[params] is empty"),
             ("unknown sampler", {"sampler": 'type = "anneal"'}, "type = 'anneal' is not allowed"),
             ("unknown pruner", {"pruner": 'type = "patient"'}, "type = 'patient' is not allowed"),
+            (
+                "no sample fits",  # 28 px, whatever lr and dropout: every trial would fail
+                {
+                    "settings": {"model.preset": "d2l", "data.resize": 0},
+                    "params": {
+                        "train.lr": "{ low = 1e-3, high = 0.3, log = true }",
+                        "model.dropout": "{ low = 0.0, high = 0.7 }",
+                    },
+                },
+                "s.toml: every trial would fail untrained, whatever [params] samples (train.lr, "
+                "model.dropout): data.resize: a 28x28 input is too small for the d2l NiN",
+            ),
+            (
+                "no choice fits",
+                {
+                    "settings": {"model.preset": "d2l"},
+                    "params": {"data.resize": "{ choices = [8, 16] }"},
+                },
+                "data.resize: a 8x8 input is too small for the d2l NiN",
+            ),
         ]
     ],
     *[
@@ -677,6 +739,8 @@ def _prepare(tmp_path: Path, bad_data: dict, setup, argv, env, message) -> Case:
 def _check(case: Case, res: Ran | subprocess.CompletedProcess) -> None:
     # exit code 2, exactly one line on stderr that says what is wrong, no traceback
     assert res.returncode == 2, res.stdout + res.stderr
+    # and no password of a URL in the arguments, whole or in part ('ss', 'w0rd' of 'p@ss:w0rd')
+    assert not {"secret", "w0rd"} & set(re.findall(r"\w+", res.stdout + res.stderr))
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert res.stderr.startswith("error: ") and "Traceback" not in res.stderr
     assert case.message in res.stderr, res.stderr
@@ -872,6 +936,58 @@ def test_a_full_disk_mid_sweep_fails_the_trial_in_one_line_and_the_rerun_resumes
     assert all(r.info.status != "RUNNING" for r in runs)
     states = [t.state for t in optuna.load_study(study_name="full", storage=storage).trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 2
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # a trial by ask(), not optimize()
+def test_a_heartbeat_the_store_cannot_record_shows_its_traceback_only_with_debug(
+    tmp_path: Path, capfd
+):
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    from nin_search.storage import open_storage
+
+    db = tmp_path / "optuna.db"
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{db}"))
+    trial = study.ask()
+    # a real fault under the running trial (as a full disk is): its heartbeat cannot be written
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        con.execute("DROP TABLE trial_heartbeats")
+
+    def beat(debug: bool) -> tuple[int, str]:
+        """Threads that reached threading.excepthook, and stderr, as Optuna's heartbeat
+        thread records one beat (at once) and is joined, with or without --debug."""
+        hooked: list = []
+        hook, nin_log = threading.excepthook, logging.getLogger("nin_search")
+        threading.excepthook = hooked.append
+        nin_log.setLevel(logging.DEBUG if debug else logging.NOTSET)  # what --debug sets
+        capfd.readouterr()
+        try:
+            with get_heartbeat_thread(trial._trial_id, study._storage):
+                pass
+        finally:
+            threading.excepthook = hook
+            nin_log.setLevel(logging.NOTSET)
+        return len(hooked), capfd.readouterr().err
+
+    # a store failure is left to the main thread's one line: nothing from the heartbeat
+    # thread, neither a traceback nor a line of its own ...
+    assert beat(debug=False) == (0, "")
+    # ... and with --debug its traceback shows
+    assert beat(debug=True)[0] == 1
+
+
+def test_an_unreachable_postgresql_tracking_store_fails_within_seconds(tmp_path: Path, call_main):
+    import time
+
+    url = "postgresql://u:secret@127.0.0.1:1/db"  # port 1: refused at once
+    start = time.monotonic()
+    res = call_main(["train", "--profile", "cpu"], tmp_path, {"MLFLOW_TRACKING_URI": url})
+    # one masked line, exit 2, and soon: MLflow alone retries for ~100 s
+    assert time.monotonic() - start < 20
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("error: MLflow store postgresql://u:***@127.0.0.1:1/db")
+    assert len(res.stderr.strip().splitlines()) == 1 and "secret" not in res.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_report_of_a_name_too_long_for_a_file_name_writes_a_bounded_folder(

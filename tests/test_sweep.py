@@ -4,6 +4,7 @@ stores under tmp_path, tiny studies on an easy synthetic task, crashes, Ctrl-C a
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
+import mlflow.tracking._tracking_service.utils as mlflow_uri
 import optuna
 import pytest
 from conftest import with_mlflow_store
@@ -22,8 +24,12 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from nin_search import cli
+from nin_search.ablation import load_ablation
 from nin_search.chance import at_chance
 from nin_search.config import Config, flatten
+from nin_search.storage import DEFAULT_STORAGE
+from nin_search.study import load_study
+from nin_search.sweep import check_space, run_sweep, space_fits
 
 # A small NiN on 16 px images: a 2-epoch trial takes under a second on one core.
 TINY = {
@@ -338,27 +344,130 @@ def test_a_trial_that_never_leaves_chance_completes_marked_at_chance(work: Path,
     assert children(work, "flat").iloc[0]["tags.nin.at_chance"] == "true"
 
 
-def test_sample_the_network_cannot_take_fails_untrained_with_the_reason(work: Path, data: Path):
+def swept_here(folder: Path, kind: str = "sweep") -> SimpleNamespace:
+    """run_sweep on folder/study.toml in this process, as `sweep` runs it there but without
+    the command's checks at load (check_space, check_arms): its exit code, stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    verbosity = optuna.logging.get_verbosity()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        for k in ("MLFLOW_TRACKING_URI", "NIN_SEARCH_STORAGE", "NIN_SEARCH_COMMAND"):
+            mp.delenv(k, raising=False)
+        mp.setenv("NIN_SEARCH_OFFLINE", "1")
+        mp.setattr(mlflow_uri, "_tracking_uri", mlflow_uri._tracking_uri)  # set_tracking_uri's
+        study = (load_ablation if kind == "ablate" else load_study)("study.toml")
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = run_sweep(study, DEFAULT_STORAGE)
+    optuna.logging.set_verbosity(verbosity)
+    return SimpleNamespace(code=code, out=out.getvalue(), err=err.getvalue())
+
+
+@pytest.fixture(scope="module")
+def unrunnable(tmp_path_factory, data: Path, mlflow_db: Path) -> SimpleNamespace:
+    """A 4-trial sweep whose every sample is too small for the d2l NiN, run once."""
+    folder = with_mlflow_store(tmp_path_factory.mktemp("unrunnable"), mlflow_db)
     write_study(
-        work,
+        folder,
         "reject",
         data,
-        n_trials=1,
+        n_trials=4,
         params={"data.resize": "{ choices = [8] }"},
         settings={"model.preset": "d2l", "model.width": 0.125},  # data.resize: the search's
     )
-    res = sweep("study.toml", cwd=work)
-    # failed trials are reported, not fatal
-    assert res.returncode == 0, res.stderr
-    tried = trials(work, "reject")
-    # every attempt fails (3x the target, then the worker gives up), naming key and fix
-    assert [t.state for t in tried] == [TrialState.FAIL] * 3
-    reason = tried[0].user_attrs["fail_reason"]
+    res = swept_here(folder)
+    res.folder, res.trials = folder, trials(folder, "reject")
+    return res
+
+
+def test_sample_the_network_cannot_take_fails_untrained_with_the_reason(unrunnable):
+    # every attempt fails, naming key and fix
+    assert {t.state for t in unrunnable.trials} == {TrialState.FAIL}
+    reason = unrunnable.trials[0].user_attrs["fail_reason"]
     assert "data.resize" in reason and "smallest input that works is 67" in reason
-    kids = children(work, "reject")
+    kids = children(unrunnable.folder, "reject")
     # each attempt's run failed, and none trained: no metric was logged
     assert set(kids["tags.nin.state"]) == {"failed"} and set(kids["status"]) == {"FAILED"}
     assert not [c for c in kids.columns if c.startswith("metrics.")]
+
+
+def test_failures_for_one_reason_stop_the_run_after_three_in_a_row(unrunnable):
+    # three failed trials (FAILS_IN_A_ROW) for a target of 4, not 3 x 4 = 12
+    assert len(unrunnable.trials) == 3
+    # the output names the reason once; the other two trials point to the first
+    reason = unrunnable.trials[0].user_attrs["fail_reason"]
+    assert unrunnable.out.count(reason) == 1, unrunnable.out
+    assert unrunnable.out.count("failed as trial 0 did") == 2, unrunnable.out
+
+
+def test_a_sweep_whose_every_trial_failed_exits_1_and_its_last_line_says_why(unrunnable):
+    reason = unrunnable.trials[0].user_attrs["fail_reason"]
+    # a failure to cron: exit 1, after the summary, with how many failed and the first reason
+    assert unrunnable.code == 1
+    assert "this run: 3 trials (0 complete, 0 pruned, 3 failed)" in unrunnable.out
+    last = unrunnable.err.strip().splitlines()[-1]
+    assert last == f"error: 3 trials failed and none finished; the first (trial 0): {reason}"
+
+
+def test_a_budget_no_sample_meets_exits_1_and_its_last_line_says_so(work: Path, data: Path):
+    write_study(
+        work,
+        "nobudget",
+        data,
+        n_trials=1,
+        top='[constraints]\n"macs" = { max = 1 }',
+        sampler='type = "tpe"\nseed = 0',
+    )
+    res = swept_here(work)
+    over = trials(work, "nobudget")
+    # every sample was rejected untrained (30 x n_trials of them), and the run exits 1
+    assert len(over) == 30 and all("over_budget" in t.user_attrs for t in over)
+    assert res.code == 1
+    last = res.err.strip().splitlines()[-1]
+    assert last.startswith("error: all 30 samples were over the [constraints] budget"), res.err
+    assert over[0].user_attrs["over_budget"] in last
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"data.resize": "{ low = 0, high = 70 }"},  # 0 (28 px) is too small, 70 is not
+        {"data.resize": "{ choices = [8, 96] }"},
+        {"model.preset": '{ choices = ["d2l", "lin2013"] }'},  # lin2013 takes 16 px
+    ],
+    ids=["range", "choices", "preset"],
+)
+def test_a_search_that_can_sample_a_config_that_fits_is_not_refused(
+    tmp_path: Path, data: Path, params: dict
+):
+    # the d2l NiN at 16 px does not fit, and each search's first value is too small; but some
+    # sample of each fits: check_space lets it run (its other samples fail at run time)
+    settings = {"data.resize": 16} if "data.resize" not in params else {}
+    settings |= {"model.preset": "d2l"} if "model.preset" not in params else {}
+    study = load_study(str(write_study(tmp_path, "s", data, params=params, settings=settings)))
+    assert check_space(study) is None
+    # and a sample that does not fit is chance there, not a reason to stop the run
+    assert space_fits(study) == (True, None)
+
+
+def test_rejected_samples_stop_the_run_only_where_no_sample_fits():
+    from nin_search.workers import _same_failure
+
+    reason = "data.resize: a 8x8 input is too small for the d2l NiN"
+    rejected = [
+        optuna.trial.create_trial(
+            state=TrialState.FAIL, user_attrs={"fail_reason": reason, "sample_rejected": True}
+        )
+        for _ in range(3)
+    ]
+    # where no sample fits (or check_space could not tell), three in a row stop the run ...
+    assert _same_failure(rejected, rejections=True)
+    # ... where some sample fits (data.resize in [8, 96]), three 8s in a row do not
+    assert not _same_failure(rejected, rejections=False)
+    # a failure in training (not the sample) stops it either way; two reasons do not
+    crashed = [optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": "x"})]
+    assert _same_failure(crashed * 3, rejections=False)
+    other = optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": "y"})
+    assert not _same_failure(crashed * 2 + [other], rejections=True)
 
 
 # --- resuming ---------------------------------------------------------------------------
