@@ -223,7 +223,13 @@ def cpu_peak_gflops(precision: str) -> tuple[float, str]:
     flags, vendor, family, model = cpu_identity(cpuinfo)
     flags |= set(cpu_bf16_units())  # what torch sees decides bf16 (resolve_precision) as well
     per_cycle, unit = flops_per_cycle(flags, vendor, family, model, precision)
-    ghz = max(float(line.split(":")[1]) for line in cpuinfo.splitlines() if "MHz" in line) / 1e3
+    mhz = [float(line.split(":")[1]) for line in cpuinfo.splitlines() if "MHz" in line]
+    freq = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")  # arm64: no MHz line
+    if not mhz and freq.is_file():
+        mhz = [int(freq.read_text()) / 1e3]  # kHz
+    if not mhz:
+        raise SystemExit("no CPU clock in /proc/cpuinfo or cpufreq: give --peak-gflops")
+    ghz = max(mhz) / 1e3
     cores = os.cpu_count() or 1
     how = f"{unit}: {per_cycle} FLOP/cycle/core x {cores} cores x {ghz:.2f} GHz"
     return per_cycle * cores * ghz, how

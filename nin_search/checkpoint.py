@@ -249,7 +249,8 @@ def resolve(ref: str) -> tuple[str, str | None]:
         if ref.startswith("models:/") and ref[8:].startswith("m-") and "/" not in ref[8:]:
             model_id = ref[8:]
         elif ref.startswith("models:/"):
-            name, at, alias = ref[8:].partition("@")
+            # the alias follows the last '@': a study name may hold one
+            name, at, alias = ref[8:].rpartition("@") if "@" in ref else (ref[8:], "", "")
             name, slash, version = name.partition("/") if not at else (name, "", "")
             if not name or not (alias or version):
                 raise ConfigError(f"{ref!r}: expected {REFS}")

@@ -235,11 +235,15 @@ def _ablate(args: argparse.Namespace) -> int:
     tail = ["ablate", args.study] + [f"--set={o}" for o in args.overrides]
     tail += ["--seeds", str(len(study.seeds))] + (["--final-eval"] if args.final_eval else [])
     code = run_sweep(study, url, None, None, args.workers, tail, args.worker)
-    if args.worker or code:  # nothing finished, or a worker failed: its line stays the last
+    if args.worker:
         return code
     from nin_search.report import load, report
+    from nin_search.workers import failure
 
-    report(load(study.name, url))
+    final = load(study.name, url)
+    if code and failure(study, final):  # nothing finished: run_sweep's error stays the last line
+        return code
+    report(final)
     return code
 
 

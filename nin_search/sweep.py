@@ -147,7 +147,7 @@ def run_worker(
     report = lambda s, t: _report_trial(study, s, t, seen)  # noqa: E731
     # a sample the network cannot take stops the run when repeated only if no sample fits: in
     # a search with some that do (data.resize in [8, 96]), three 8s in a row are chance
-    rejections_stop = space_fits(study)[0] is not True
+    rejections_stop = space_fits(study)[0] is False
     work(study, ostudy, objective, target, timeout, report, most, rejections_stop)
     return 0
 
@@ -221,7 +221,7 @@ def run_sweep(
         from nin_search.checkpoint import register_best
 
         register_best(study, final)
-    why = failure(study, final)
+    why = failure(study, final) if finished(study, final) < target else None
     if why:  # cron and systemd read the exit code: a run that achieved nothing is not a success
         sys.stdout.flush()  # the summary first, in a log that takes both streams
         print(f"error: {why}", file=sys.stderr, flush=True)
@@ -254,7 +254,13 @@ def space_fits(study: Study) -> tuple[bool | None, ConfigError | None]:
     the trials say it instead."""
     if study.arms:
         return None, None  # an ablation's arms are checked one by one (ablation.check_arms)
-    axes = {k: _ends(p) for k, p in study.params.items() if p.kind != "lr_finder"}
+    # the keys that can change the network's geometry vary fastest (product's last axes), so
+    # the first SPACE_CHECKS combinations cover every geometry if there are not too many
+    keys = sorted(
+        (k for k, p in study.params.items() if p.kind != "lr_finder"),
+        key=lambda k: k.split(".")[0] in ("model", "data"),
+    )
+    axes = {k: _ends(study.params[k]) for k in keys}
     first: ConfigError | None = None
     for combo in itertools.islice(itertools.product(*axes.values()), SPACE_CHECKS):
         try:

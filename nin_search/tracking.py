@@ -49,7 +49,7 @@ def mask(url: str) -> str:
     if url.startswith("sqlite:") or "://" not in url:
         return url
     scheme, rest = url.split("://", 1)
-    at = _credentials_end(rest)
+    at = _credentials_end(rest) if not rest.startswith("/") else -1  # file:///a:b/c@d: a path
     if at > 0 and ":" in rest[:at]:
         rest = f"{rest[: rest.index(':')]}:***{rest[at:]}"
     head, sep, query = rest.partition("?")
@@ -80,8 +80,10 @@ def check_db_url(url: str, what: str) -> None:
     shown = f"{what} {mask(url)}"
     rest = url.split("://", 1)[1]
     # SQLAlchemy ends the password at its first '@' and reads the rest as host:port: a
-    # ValueError that quotes a piece of the password, or another host
-    if rest.find("@") != _credentials_end(rest):
+    # ValueError that quotes a piece of the password, or another host. An '@' in the user
+    # name (Azure's user@server) or in the query is read as meant
+    at = _credentials_end(rest)
+    if "@" in rest[:at].partition(":")[2]:
         raise ConfigError(
             f"{shown}: an '@' in the password must be written %40 (and ':' %3A, '/' %2F)"
         )
@@ -195,10 +197,10 @@ def _probe_db(uri: str, bad: str) -> None:
 
     check_db_url(uri, "MLflow store")
     u = make_url(uri)
-    # a silent host: the driver's own timeout (a refused port fails at once anyway)
-    wait = {"connect_timeout": int(PROBE_S)} if u.get_backend_name() != "mssql" else {}
-    if "connect_timeout" in u.query:
-        wait = {}  # the user's own
+    # a silent host: the driver's own timeout (a refused port fails at once anyway), under
+    # the name each driver takes; the user's own in the URL wins
+    option = {"pg8000": "timeout", "pyodbc": "timeout"}.get(u.get_driver_name(), "connect_timeout")
+    wait = {} if option in u.query else {option: int(PROBE_S)}
     engine = sqlalchemy.create_engine(u, poolclass=sqlalchemy.pool.NullPool, connect_args=wait)
     try:
         engine.connect().close()

@@ -223,6 +223,7 @@ def make_objective(
                 remove(snapshot)  # it would run out of memory again
                 reason = f"out of memory: {str(e).splitlines()[0][:300]}"
                 trial.set_user_attr("fail_reason", reason)
+                trial.set_user_attr("sample_rejected", True)  # a smaller sample may fit
                 mlflow.set_tag("nin.reason", reason)
                 raise TrialRejected(reason) from None
             _record(trial, result.history)

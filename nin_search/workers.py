@@ -146,7 +146,8 @@ def work(
     """Run trials in this process until the study holds `target` finished ones (or the cells of
     its grid are all finished), `timeout` seconds have passed, `most` trials started here (a
     sample that always fails must not loop for ever) or FAILS_IN_A_ROW failed for one reason
-    (samples the network cannot take count only where rejections_stop: no sample may fit)."""
+    (samples the network cannot take, or too big for the memory, count only where
+    rejections_stop: no sample fits)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     lock = StoreLock(ostudy._storage, key=study.name)
     me = os.environ.get(COMMAND)

@@ -470,12 +470,30 @@ def test_cpu_workers_split_the_cores_unless_the_user_set_the_threads():
         ),
         # '@' and ':' in a password: the host follows the last '@'
         ("postgresql://nin:s3@cret@h/db", "postgresql://nin:***@h/db"),
+        # a file URL's ':' and '@' belong to the path
+        ("file:///tmp/a:b/c@d/mlruns", "file:///tmp/a:b/c@d/mlruns"),
     ],
 )
 def test_mask_hides_passwords_and_leaves_paths_alone(url: str, shown: str):
     from nin_search.tracking import mask
 
     assert mask(url) == shown
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://user@srv:pw@127.0.0.1:1/db",  # Azure's user@server: SQLAlchemy reads it
+        "postgresql://nin:pw@127.0.0.1:1/db?application_name=a@b&options=c@d",
+        "postgresql://nin:p%40ss@127.0.0.1:1/db",
+    ],
+    ids=["user", "query", "encoded"],
+)
+def test_database_urls_sqlalchemy_reads_as_meant_are_accepted(url: str):
+    from nin_search.tracking import check_db_url
+
+    # an '@' in the user name or the query is no '@' in the password: no error
+    assert check_db_url(url, "--storage") is None
 
 
 @pytest.mark.parametrize("name", ["../../escaped", "/tmp/abs", "..", ".hidden", "a/b\\c"])

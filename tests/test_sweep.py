@@ -449,6 +449,22 @@ def test_a_search_that_can_sample_a_config_that_fits_is_not_refused(
     assert space_fits(study) == (True, None)
 
 
+def test_a_search_of_many_keys_that_can_fit_is_found_to_fit(tmp_path: Path, data: Path):
+    # 2 presets x 2^7 ends of seven ranges = 256 combinations, past SPACE_CHECKS: the key that
+    # decides the geometry, listed first, is still tried both ways (half the samples fit)
+    params = {"model.preset": '{ choices = ["d2l", "lin2013"] }'}
+    params |= {f"train.{k}": "{ low = 0.0, high = 0.5 }" for k in ("weight_decay", "momentum")}
+    params |= {"model.dropout": "{ low = 0.0, high = 0.5 }"}
+    params |= {"train.lr": "{ low = 1e-3, high = 0.3, log = true }"}
+    params |= {"train.label_smoothing": "{ low = 0.0, high = 0.2 }"}
+    params |= {"train.epochs": "{ low = 1, high = 2 }", "train.seed": "{ low = 0, high = 3 }"}
+    study = load_study(
+        str(write_study(tmp_path, "s", data, params=params, settings={"data.resize": 16}))
+    )
+    assert len(study.params) == 8
+    assert space_fits(study) == (True, None)
+
+
 def test_rejected_samples_stop_the_run_only_where_no_sample_fits():
     from nin_search.workers import _same_failure
 
