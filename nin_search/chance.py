@@ -1,8 +1,8 @@
-"""Chance level: is a run's accuracy no better than guessing, and did a run that had learned
-collapse to it?
+"""Chance level: is a run's accuracy no better than guessing, did a run that had learned
+collapse to it, and did its loss blow up far past a constant guess's ln(classes)?
 
-fit() stops a run that collapsed (status "diverged", like a non-finite loss); train says when
-a run ended at chance without ever learning. Imports only torch.
+fit() stops a run that collapsed or exploded (status "diverged", like a non-finite loss); train
+says when a run ended at chance without ever learning. Imports only torch.
 """
 
 from __future__ import annotations
@@ -19,6 +19,12 @@ if TYPE_CHECKING:  # train.py imports this module
 # (one-sided binomial test); "learned": at least 2 / num_classes and above chance at p < 1e-6.
 AT_CHANCE, AT_CHANCE_P = 1.5, 1e-3
 LEARNED, LEARNED_P = 2.0, 1e-6
+# An epoch whose mean training loss is above EXPLODED x ln(num_classes) (2,303 for ten classes)
+# has exploded. ln(num_classes) is a constant guess's loss, and a new network starts within 3x of
+# it. Runs that learn bump far above ln 10 (the lr-finder's 4x would stop them); of 72 measured at
+# 4 steps an epoch, none peaked between 416 and 9,600 (benchmarks/RESULTS.md, "Runs whose loss
+# explodes").
+EXPLODED = 1000.0
 
 
 def _above_chance_p(acc: float, n: int, num_classes: int) -> float:
@@ -56,6 +62,17 @@ def collapsed(history: list[dict], val_images: int, num_classes: int) -> bool:
     if not history or not at_chance(history[-1]["val_acc"], val_images, num_classes):
         return False
     return any(learned(h["val_acc"], val_images, num_classes) for h in history[:-1])
+
+
+def explosion_limit(num_classes: int) -> float:
+    return EXPLODED * math.log(max(num_classes, 2))  # one class: ln 1 = 0 would stop every run
+
+
+def exploded(history: list[dict], num_classes: int) -> bool:
+    """The last epoch's mean training loss is above explosion_limit(num_classes). The training
+    loss, not the validation loss: with BatchNorm a short run's running statistics lag its
+    weights, and runs with val losses of 1e3-2e5 after epoch 1 went on to 1.00 val accuracy."""
+    return bool(history) and history[-1]["train_loss"] > explosion_limit(num_classes)
 
 
 def chance_note(result: FitResult, batch_norm: bool) -> str:

@@ -7,7 +7,8 @@
 One visible loop, no callbacks beyond `on_epoch(metrics) -> str | None`: return a reason to stop
 the run early (a pruned trial), or None to go on. A non-finite loss stops the run with status
 "diverged" and the epoch and step where it happened; so does a collapse (collapsed()): the val
-accuracy falls to chance, with a finite loss, after the run had learned. Imports only torch (and
+accuracy falls to chance, with a finite loss, after the run had learned; and an explosion
+(exploded()): an epoch's mean train loss above EXPLODED x ln(classes). Imports only torch (and
 tqdm if installed).
 """
 
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from nin_search import snapshot as snapshots
-from nin_search.chance import at_chance, collapsed
+from nin_search.chance import EXPLODED, at_chance, collapsed, exploded, explosion_limit
 from nin_search.config import Config, ConfigError, TrainConfig, finder_rule
 from nin_search.cpu_memory import keep_cpu_memory, release_cpu_memory
 from nin_search.data import Data, batches, train_images
@@ -73,6 +74,16 @@ class FitResult:
             f"at epoch {best['epoch']}; the loss stayed finite (val loss {last['val_loss']:.4g}; "
             f"a constant guess scores ln {self.num_classes} = {math.log(self.num_classes):.3f}); "
             "lower train.lr"
+        )
+
+    def explode(self, lr: float, steps: int) -> None:
+        last, first, k = self.history[-1], self.history[0], self.num_classes
+        self.status, self.diverged_at = "diverged", (last["epoch"], steps)
+        rose = f", from {first['train_loss']:.4g} at epoch 1" if len(self.history) > 1 else ""
+        self.reason = (
+            f"exploded at epoch {last['epoch']} (its lr up to {lr:.3g}): the mean train loss "
+            f"reached {last['train_loss']:.4g}{rose}, above {EXPLODED:g} x ln {k} = "
+            f"{explosion_limit(k):.4g} (ln {k}: a constant guess's loss); lower train.lr"
         )
 
     @property
@@ -330,6 +341,9 @@ def fit(
             metrics["peak_mem_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
         result.history.append(metrics)
         stop = on_epoch(metrics) if on_epoch else None
+        if exploded(result.history, data.num_classes):  # finite, but no longer training
+            result.explode(peak_lr, steps)
+            break
         if collapsed(result.history, len(data.val_x), data.num_classes):
             result.collapse(peak_lr, steps)
             break

@@ -11,7 +11,15 @@ import pytest
 from conftest import squares
 from scipy import stats
 
-from nin_search.chance import _above_chance_p, at_chance, chance_note, collapsed, learned
+from nin_search.chance import (
+    _above_chance_p,
+    at_chance,
+    chance_note,
+    collapsed,
+    exploded,
+    explosion_limit,
+    learned,
+)
 from nin_search.config import load_config
 from nin_search.data import split_data
 from nin_search.train import FitResult, fit
@@ -71,21 +79,26 @@ def test_collapsed_on_fixed_histories():
     assert collapsed([epoch(10 / 16), epoch(1 / 16, n=2)], 16, 10)
 
 
-def run(lr: float):
-    cfg = load_config(overrides=[*FC_SGD, f"train.lr={lr}"])
-    x, y = squares(800)
+def run(lr: float, *sets: str, n: int = 800):
+    cfg = load_config(overrides=[*FC_SGD, f"train.lr={lr}", *sets])
+    x, y = squares(n)
     return fit(cfg, split_data(x, y, cfg.data, "cpu"))
 
 
 def test_a_run_that_collapses_to_chance_stops_as_diverged_with_the_reason():
-    result = run(10)
-    # epoch 1 learned (val 0.22 of 200), epoch 2 fell to chance: stopped there, not at epoch 4
-    assert result.status == "diverged" and result.diverged_at == (2, 19)
-    assert [h["epoch"] for h in result.history] == [1, 2]  # the collapsed epoch is kept
-    assert learned(result.history[0]["val_acc"], 200, 10)
-    assert at_chance(result.history[1]["val_acc"], 200, 10)
-    assert result.reason.startswith("collapsed at epoch 2 (its lr up to 10)")
-    assert "after 0.2200 at epoch 1; the loss stayed finite" in result.reason
+    # 4 steps an epoch, fp32 on every host (a collapse is a draw: bf16 trains on here); at lr
+    # 10 its loss explodes first (test_a_run_whose_loss_explodes_stops_as_diverged_with_the_reason)
+    sets = ["data.val_size=256", "train.batch_size=64", "train.epochs=3", "train.precision=fp32"]
+    result = run(1, *sets, n=512)
+    # epoch 1 learned (val 0.38 of 256), epoch 3 fell to chance
+    assert result.status == "diverged" and result.diverged_at == (3, 4)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]  # the collapsed epoch is kept
+    assert learned(result.history[0]["val_acc"], 256, 10)
+    assert at_chance(result.history[2]["val_acc"], 256, 10)
+    # the dead head's signature: the train loss sits at ln 10, far from an explosion
+    assert result.history[2]["train_loss"] == pytest.approx(2.303, abs=0.05)
+    assert result.reason.startswith("collapsed at epoch 3 (its lr up to ")
+    assert "after 0.3828 at epoch 1; the loss stayed finite" in result.reason
     assert result.reason.endswith("lower train.lr")
 
 
@@ -123,3 +136,57 @@ def test_the_note_of_a_run_whose_train_accuracy_rose_says_to_lower_the_lr():
     assert result.at_chance
     note = chance_note(result, batch_norm=True)
     assert "its train accuracy reached 0.3600 (epoch 1)" in note and "lower train.lr" in note
+
+
+# the lin2013 NiN with the fully connected head at native 28 px, plain SGD at a constant lr:
+# 256 training and 256 validation images, 4 steps an epoch (issue 34's blow-up, on squares);
+# fp32, since auto is bf16 on a CPU with bf16 units and runs at these lrs are chaotic
+FC_PLAIN = [
+    "model.preset=lin2013", "model.width=0.25", "data.resize=28", "model.head=fc",
+    "model.batch_norm=true", "data.val_size=256", "train.batch_size=64", "train.optimizer=sgd",
+    "train.epochs=3", "train.precision=fp32",
+]  # fmt: skip
+
+
+def plain_run(lr: float):
+    cfg = load_config(overrides=[*FC_PLAIN, f"train.lr={lr}"])
+    x, y = squares(512)
+    return fit(cfg, split_data(x, y, cfg.data, "cpu"))
+
+
+def losses(*train_loss: float) -> list[dict]:
+    return [{"epoch": i + 1, "train_loss": v} for i, v in enumerate(train_loss)]
+
+
+def test_exploded_on_fixed_histories():
+    assert explosion_limit(10) == pytest.approx(1000 * 2.302585)
+    # issue 34 (Fashion-MNIST, lr 1): 8.9e3 in epoch 1, 1.8e7 in epoch 2
+    assert exploded(losses(8.9e3), 10) and exploded(losses(8.9e3, 1.8e7), 10)
+    # bumps of runs that recovered (squares, 4 steps an epoch): lr 0.3 reached 1.00 val
+    # accuracy after 22.8 in epoch 1; lr 0.5 after 126 in epoch 2
+    assert not exploded(losses(22.8, 0.114), 10)
+    assert not exploded(losses(38.1, 126), 10)
+    # ln 2 for two classes: the limit scales with a constant guess's loss
+    assert exploded(losses(700.0), 2) and not exploded(losses(700.0), 10)
+
+
+def test_a_run_whose_loss_explodes_stops_as_diverged_with_the_reason():
+    result = plain_run(3)
+    (last,) = result.history  # epoch 1's mean train loss is ~1.5e4: stopped there, not at 3
+    assert result.status == "diverged" and result.diverged_at == (1, 4)
+    assert explosion_limit(10) < last["train_loss"] < float("inf")
+    # its val accuracy is well above chance: the collapse rule alone let it complete
+    assert not at_chance(last["val_acc"], 256, 10)
+    assert result.reason.startswith("exploded at epoch 1 (its lr up to 3): the mean train loss")
+    assert "above 1000 x ln 10 = 2303" in result.reason
+    assert result.reason.endswith("lower train.lr")
+
+
+def test_a_run_with_a_first_epoch_bump_that_learns_completes():
+    result = plain_run(1)
+    # epoch 1's mean train loss is ~75 (33 x ln 10, above the lr-finder's 4x stop), then it
+    # falls and the run learns: a bump, not an explosion
+    first, last = result.history[0], result.history[-1]
+    assert first["train_loss"] > 10 * 2.303 and last["train_loss"] < 1
+    assert result.status == "completed" and len(result.history) == 3
+    assert last["val_acc"] >= 0.8
