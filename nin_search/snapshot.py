@@ -101,7 +101,7 @@ def save(path: Path, cfg: Config, epoch: int, history: list[dict], model, opt, s
         return False
     finally:
         if tmp:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # a folder that lets us write but not delete
                 os.unlink(tmp)
 
 
@@ -139,5 +139,11 @@ def resume(path: Path, cfg: Config, model, opt, sched, gen) -> list[dict] | None
 
 
 def remove(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    """Delete the snapshot (its run is recorded, or it cannot be restored). One that cannot be
+    deleted (a read-only folder) is one line on stderr, never a failed trial or run."""
+    try:
         path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        _say(path, f"not removed ({_first(e)}); delete it by hand to free its space")
