@@ -18,9 +18,9 @@ import math
 import torch
 from torch import nn
 
-from nin_search.config import load_config
-from nin_search.data import batches, load_data, train_images
-from nin_search.train import _start, evaluate, train_step
+from nin_search.engine.config import load_config
+from nin_search.engine.data import batches, load_data, train_images
+from nin_search.engine.train import _start, evaluate, train_step
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/cpu_allocator.py [--rounds 3] [--steps 15] [--procs 2]
 
-Why fit() and the lr-finder call nin_search.cpu_memory.keep_cpu_memory() on the CPU. Each
+Why fit() and the lr-finder call nin_search.engine.cpu_memory.keep_cpu_memory() on the CPU. Each
 variant is a fresh process (the allocator's settings are process-wide), --procs of them at once
 with one torch thread each, as `ablate --workers 2` runs on two cores:
 - default: glibc as it comes (blocks over the mmap threshold are mapped and unmapped each time);
@@ -33,10 +33,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
-from nin_search.config import load_config  # noqa: E402
-from nin_search.cpu_memory import keep_cpu_memory  # noqa: E402
-from nin_search.model import build_model  # noqa: E402
-from nin_search.train import make_optimizer, resolve_precision, train_step  # noqa: E402
+from nin_search.engine.config import load_config
+from nin_search.engine.cpu_memory import keep_cpu_memory
+from nin_search.engine.model import build_model
+from nin_search.engine.train import make_optimizer, resolve_precision, train_step
 
 VARIANTS = {"default": {}, "keep": {}, "thp": {"THP_MEM_ALLOC_ENABLE": "1"}}
 

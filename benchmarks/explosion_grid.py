@@ -1,8 +1,8 @@
 """Where does a loss blow up, and where does a bump come back? fit() on the fully connected head.
 
-The explosion rule (nin_search/chance.py, EXPLODED) ends a run whose epoch-mean training loss is
-above EXPLODED x ln(classes). This trains the configurations where that loss leaves ln 10 the
-most, plain SGD on the fc head with BatchNorm at 4 steps an epoch (a bump weighs most on the
+The explosion rule (nin_search/engine/chance.py, EXPLODED) ends a run whose epoch-mean training
+loss is above EXPLODED x ln(classes). This trains the configurations where that loss leaves ln 10
+the most, plain SGD on the fc head with BatchNorm at 4 steps an epoch (a bump weighs most on the
 mean), with the rule switched off, and prints each epoch's mean train loss, val loss and val
 accuracy, and the epoch where the rule would have stopped the run.
 
@@ -16,10 +16,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import nin_search.train as engine
-from nin_search.chance import explosion_limit
-from nin_search.config import load_config
-from nin_search.data import load_data, split_data
+import nin_search.engine.train as engine
+from nin_search.engine.chance import explosion_limit
+from nin_search.engine.config import load_config
+from nin_search.engine.data import load_data, split_data
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from conftest import squares  # noqa: E402  (the synthetic task of the tests)

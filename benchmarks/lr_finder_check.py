@@ -15,10 +15,10 @@ import time
 
 import torch
 
-from nin_search.config import load_config
-from nin_search.data import load_data
-from nin_search.lr_finder import find_lr
-from nin_search.train import fit, resolve_device
+from nin_search.engine.config import load_config
+from nin_search.engine.data import load_data
+from nin_search.engine.lr_finder import find_lr
+from nin_search.engine.train import fit, resolve_device
 
 OPTIMIZERS = {
     "sgd": ["train.optimizer=sgd"],

@@ -61,11 +61,11 @@ import time
 
 import torch
 
-from nin_search.config import FINDER_RULES, LRFinderConfig, finder_rule, load_config
-from nin_search.curve import Curve, suggest
-from nin_search.data import load_data
-from nin_search.lr_finder import find_lr
-from nin_search.train import fit, resolve_device, resolve_precision
+from nin_search.engine.config import FINDER_RULES, LRFinderConfig, finder_rule, load_config
+from nin_search.engine.curve import Curve, suggest
+from nin_search.engine.data import load_data
+from nin_search.engine.lr_finder import find_lr
+from nin_search.engine.train import fit, resolve_device, resolve_precision
 
 PROFILE = "cpu"
 OPTIMIZERS = {  # name: (overrides, lr grid low, high, points); the grids bracket the optimum

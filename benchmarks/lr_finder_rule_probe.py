@@ -43,7 +43,7 @@ from lr_finder_regret import CACHE, DEFAULT_MODELS, cache_key, configs, load_cac
 from lr_finder_spread import CACHE as SPREAD_CACHE
 from lr_finder_spread import grid_best, grid_means
 
-from nin_search.curve import zero_phase
+from nin_search.engine.curve import zero_phase
 
 NUM_ITER = 100  # the cpu profile's lr_finder.num_iter, as the cached tests ran
 RANGES = {"[lr/30, 3lr]": (1 / 30, 3), "[lr/30, 10lr]": (1 / 30, 10)}

@@ -46,11 +46,11 @@ from lr_finder_regret import (
     select,
 )
 
-from nin_search.config import load_config
-from nin_search.curve import Curve, median_curve, suggest
-from nin_search.data import load_data
-from nin_search.lr_finder import seeded_test
-from nin_search.train import resolve_device, resolve_precision
+from nin_search.engine.config import load_config
+from nin_search.engine.curve import Curve, median_curve, suggest
+from nin_search.engine.data import load_data
+from nin_search.engine.lr_finder import seeded_test
+from nin_search.engine.train import resolve_device, resolve_precision
 
 CACHE = os.path.join(os.path.dirname(__file__), "results", "lr_finder_spread.jsonl")
 RULES = ("lowest/zero-phase", "valley/ema")  # ours (the default under onecycle), fastai's valley

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
-from nin_search.config import ModelConfig  # noqa: E402
-from nin_search.model import build_model  # noqa: E402
+from nin_search.engine.config import ModelConfig
+from nin_search.engine.model import build_model
 
 CASES = [  # (model config, input size, batch size, timed steps per round)
     (ModelConfig(preset="lin2013", width=0.25), 28, 64, 20),  # sweep_efficiency.py's search

@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
-from nin_search.ablation import load_ablation  # noqa: E402
-from nin_search.config import Config, apply  # noqa: E402
-from nin_search.data import load_data  # noqa: E402
-from nin_search.study import load_study, read_toml, with_params  # noqa: E402
-from nin_search.train import evaluate, fit, resolve_device, resolved  # noqa: E402
+from nin_search.engine.config import Config, apply
+from nin_search.engine.data import load_data
+from nin_search.engine.train import evaluate, fit, resolve_device, resolved
+from nin_search.spec.ablation import load_ablation
+from nin_search.spec.study import load_study, read_toml, with_params
 
 
 def arms_of(path: str) -> tuple[list[tuple[str, Config]], int]:

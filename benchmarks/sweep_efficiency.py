@@ -5,27 +5,26 @@
         [--batch-size 32] [--[no-]batch-norm] [--parallel] [--keep DIR] [--only none|hyperband]
     .venv/bin/python benchmarks/sweep_efficiency.py --report DIR
 
-Runs the real sweep machinery (nin_search.sweep.run_worker: Optuna on SQLite, every trial an MLflow
-run in a temporary store) twice on real Fashion-MNIST with the same sampler seed: once with
-Hyperband (min 1 epoch, max --epochs, factor 3), once without pruning. With the random sampler
-(the default) both searches draw the very same configurations, so the difference is pruning's
-alone; TPE's draws part ways after the first pruned trial (and under Hyperband it models each
-bracket's trials apart). Reports the epochs consumed and the best val_acc of each, and the
-tracking overhead (MLflow logging plus Optuna report/should_prune) per epoch as a share of the
-epoch time. Targets: at least 3x fewer epochs for a best value within 0.5 points; overhead under
-2%. --parallel runs the two searches at once, one process and one torch thread each, each with
-its own stores (epochs and values do not depend on it; seconds do). --keep DIR keeps both
-searches' stores (DIR/none/optuna.db, DIR/hyperband/optuna.db, MLflow's beside them) for
+Runs the real sweep machinery (nin_search.search.sweep.run_worker: Optuna on SQLite, every trial an
+MLflow run in a temporary store) twice on real Fashion-MNIST with the same sampler seed: once with
+Hyperband (min 1 epoch, max --epochs, factor 3), once without pruning. With the random sampler (the
+default) both searches draw the very same configurations, so the difference is pruning's alone;
+TPE's draws part ways after the first pruned trial (and under Hyperband it models each bracket's
+trials apart). Reports the epochs consumed and the best val_acc of each, and the tracking overhead
+(MLflow logging plus Optuna report/should_prune) per epoch as a share of the epoch time. Targets:
+at least 3x fewer epochs for a best value within 0.5 points; overhead under 2%. --parallel runs the
+two searches at once, one process and one torch thread each, each with its own stores (epochs and
+values do not depend on it; seconds do). --keep DIR keeps both searches' stores
+(DIR/none/optuna.db, DIR/hyperband/optuna.db, MLflow's beside them) for
 benchmarks/hyperband_replay.py; by default they go to a temporary folder. --only runs one of the
 two (`--only none` is all the replay needs; `--only hyperband --keep` the same DIR adds the other
 later, never over an existing one; --report DIR then prints the comparison). The search itself:
 lin2013 NiN on 28 px Fashion-MNIST, Adam, over train.lr (log 1e-4..3e-2), model.dropout (0..0.7)
-and model.mlp_depth (0..3); --width, --batch-size, --batch-norm, --train-subset and --val-size
-size it. The defaults: 81 trials of up to 27 epochs (fewer cannot save 3x: Optuna's Hyperband
-(1, 27, 3) saves at most 3.6x, and every rung promotes its first arrivals), BatchNorm on as in
+and model.mlp_depth (0..3); --width, --batch-size, --batch-norm, --train-subset and --val-size size
+it. The defaults: 81 trials of up to 27 epochs (fewer cannot save 3x: Optuna's Hyperband (1, 27, 3)
+saves at most 3.6x, and every rung promotes its first arrivals), BatchNorm on as in
 studies/quick.toml (without it most trials are still near chance after the first epochs, which
-tells Hyperband's first rungs little), 47 steps per epoch.
-"""
+tells Hyperband's first rungs little), 47 steps per epoch. """
 
 from __future__ import annotations
 
@@ -70,8 +69,8 @@ type = "{pruner}"
 
 def run(folder: Path, pruner: str, args: argparse.Namespace) -> dict:
     """One search in folder/<pruner>/ (its own Optuna and MLflow stores), in this process."""
-    from nin_search.study import load_study
-    from nin_search.sweep import run_worker
+    from nin_search.search.sweep import run_worker
+    from nin_search.spec.study import load_study
 
     if args.parallel:
         torch.set_num_threads(1)
@@ -105,7 +104,7 @@ def run(folder: Path, pruner: str, args: argparse.Namespace) -> dict:
 
 def summarize(folder: Path, pruner: str) -> dict:
     """What one search in folder/<pruner>/ consumed and found, read from its Optuna store."""
-    from nin_search.storage import open_storage
+    from nin_search.search.storage import open_storage
 
     wall = folder / pruner / "wall_s.json"
     url = f"sqlite:///{folder / pruner / 'optuna.db'}"

@@ -9,8 +9,8 @@ resolution and device for all of them:
   d2l     torchvision FashionMNIST over the same IDX files, Compose([Resize, ToTensor]), a shuffled
           DataLoader with d2l's 4 workers (capped to os.cpu_count()), fp32 SGD(lr 0.05) steps with
           d2l's per-step loss/accuracy bookkeeping (train_ch6's loop);
-  engine  nin_search.train.fit on steps * batch_size training images, one epoch; its img_per_s
-          (evaluation excluded). fit runs channels_last at train.precision = --precision
+  engine  nin_search.engine.train.fit on steps * batch_size training images, one epoch; its
+          img_per_s (evaluation excluded). fit runs channels_last at train.precision = --precision
           (auto: bf16 autocast on CUDA and on CPUs with AMX or AVX512-BF16, fp32 elsewhere);
   bare    d2l's fp32 NCHW forward/backward/SGD step on one batch already resident on the device;
   bare-engine  the engine's own step (train_step: channels_last, the same precision) on the
@@ -53,10 +53,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
-from nin_search.config import Config, DataConfig, ModelConfig, load_config  # noqa: E402
-from nin_search.data import Data, load_data, locate, to_input  # noqa: E402
-from nin_search.model import build_model  # noqa: E402
-from nin_search.train import (  # noqa: E402
+from nin_search.engine.config import Config, DataConfig, ModelConfig, load_config
+from nin_search.engine.data import Data, load_data, locate, to_input
+from nin_search.engine.model import build_model
+from nin_search.engine.train import (
     cpu_bf16_units,
     fit,
     resolve_device,
@@ -313,7 +313,7 @@ def main() -> None:
     print(f"the engine runs {prec}; the d2l-style loop and the bare step run fp32 NCHW, as d2l")
     print(f"training FLOPs per image {flops_img / 1e9:.3f} G (3 x forward, 2 FLOPs per MAC)\n")
     labels = {"d2l": "d2l-style loop (torchvision + DataLoader, fp32)",
-              "engine": f"engine: nin_search.train.fit ({prec})",
+              "engine": f"engine: nin_search.engine.train.fit ({prec})",
               "bare": "bare step on one resident batch (fp32 NCHW, as d2l)",
               "bare-engine": f"bare step, same batch, engine's train_step ({prec})",
               "compiled": f"bare step, same batch, torch.compile(model) ({prec})"}  # fmt: skip

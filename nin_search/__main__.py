@@ -1,3 +1,3 @@
-from nin_search.cli import main
+from nin_search.cli.main import main
 
 raise SystemExit(main())

@@ -99,7 +99,7 @@ def make_idx_dir() -> Callable[..., Path]:
 @pytest.fixture
 def offline_nowhere(tmp_path, monkeypatch) -> Path:
     """No dataset anywhere: empty Debian dir, empty cwd, no $NIN_SEARCH_DATA, no download."""
-    import nin_search.data as data
+    import nin_search.engine.data as data
 
     empty = tmp_path / "system"
     empty.mkdir()

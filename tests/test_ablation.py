@@ -33,9 +33,10 @@ from test_sweep import (
     write_study,
 )
 
-from nin_search import cli, stats
-from nin_search.ablation import load_ablation
-from nin_search.config import load_config
+from nin_search.cli.main import main as cli
+from nin_search.engine.config import load_config
+from nin_search.reports import stats
+from nin_search.spec.ablation import load_ablation
 
 # --- statistics on fixed numbers ------------------------------------------------------------
 
@@ -324,7 +325,7 @@ def add_cell_trial(study, state, arm, seed, params=True, **attrs):
 
 
 def test_free_cells_put_unfinished_tries_first_and_skip_taken_ones():
-    from nin_search.ablation import free_cells
+    from nin_search.search.cells import free_cells
 
     study = optuna.create_study()  # in memory: free_cells reads only the trials' states
     add_cell_trial(study, TrialState.COMPLETE, "a", 0)
@@ -343,7 +344,7 @@ def test_free_cells_put_unfinished_tries_first_and_skip_taken_ones():
 
 
 def test_cell_sampler_hands_out_a_tried_cell_first_whatever_its_offset():
-    from nin_search.ablation import CellSampler
+    from nin_search.search.cells import CellSampler
 
     study = optuna.create_study(sampler=CellSampler(CELLS, offset=1))
     add_cell_trial(study, TrialState.COMPLETE, "a", 0)

@@ -12,10 +12,10 @@ import torch
 from test_model import KNOBS, SMALL, WIDTH
 from torch.utils.flop_counter import FlopCounterMode
 
-import nin_search.accounting as accounting
-from nin_search.accounting import format_summary, shape_pass_device, summarize
-from nin_search.config import PRESETS, load_config
-from nin_search.model import build_model, count_params, spatial_trace
+import nin_search.engine.summary as accounting
+from nin_search.engine.config import PRESETS, load_config
+from nin_search.engine.model import build_model, count_params, spatial_trace
+from nin_search.engine.summary import format_summary, shape_pass_device, summarize
 
 
 def cfg_for(preset: str, size: int, **knobs):
@@ -75,8 +75,8 @@ def test_a_small_nets_summary_never_imports_torch_dynamo():
     # for lin2013 with BatchNorm on two contended cores): summary, lr-finder and ablate skip it
     script = textwrap.dedent("""
         import sys
-        from nin_search.accounting import summarize
-        from nin_search.config import load_config
+        from nin_search.engine.summary import summarize
+        from nin_search.engine.config import load_config
         for size in (0, 224, 256):
             cfg = load_config(overrides=["model.batch_norm=true", f"data.resize={size}",
                                          "model.preset=" + ("lin2013" if size == 0 else "d2l")])

@@ -39,9 +39,9 @@ from conftest import write_idx
 from test_ablation import ablation_text
 from test_sweep import study_text
 
-from nin_search.cli import main
-from nin_search.components import ARGS
-from nin_search.config import load_config
+from nin_search.cli.main import main
+from nin_search.engine.config import load_config
+from nin_search.spec.components import ARGS
 
 SCRUBBED = ("MLFLOW_TRACKING_URI", "NIN_SEARCH_STORAGE", "NIN_SEARCH_DATA")
 BASE_ENV = {"NIN_SEARCH_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -806,8 +806,8 @@ def test_a_sweep_named_as_an_existing_ablation_is_refused(
 
 
 def test_use_val_with_a_one_image_validation_split_runs(data: Path):
-    from nin_search.data import load_data
-    from nin_search.lr_finder import find_lr
+    from nin_search.engine.data import load_data
+    from nin_search.engine.lr_finder import find_lr
 
     cfg = load_config(
         overrides=[
@@ -828,7 +828,7 @@ def test_use_val_with_a_one_image_validation_split_runs(data: Path):
 
 
 def test_an_int_step_reaches_the_grid_sampler(tmp_path: Path):
-    from nin_search.space import grid, param
+    from nin_search.spec.space import grid, param
 
     p = param("s.toml", "model.mlp_depth", {"low": 0, "high": 4, "step": 2})
     # step 2 over [0, 4]: the grid holds 0, 2, 4, not every integer
@@ -837,7 +837,7 @@ def test_an_int_step_reaches_the_grid_sampler(tmp_path: Path):
 
 @pytest.mark.parametrize("step", [0.1, 0.25])
 def test_a_float_step_that_divides_the_range_is_kept(step: float):
-    from nin_search.space import param
+    from nin_search.spec.space import param
 
     p = param("s.toml", "model.dropout", {"low": 0.0, "high": 0.5, "step": step})
     assert p.step == step and p.kind == "float"
@@ -944,7 +944,7 @@ def test_a_heartbeat_the_store_cannot_record_shows_its_traceback_only_with_debug
 ):
     from optuna.storages._heartbeat import get_heartbeat_thread
 
-    from nin_search.storage import open_storage
+    from nin_search.search.storage import open_storage
 
     db = tmp_path / "optuna.db"
     study = optuna.create_study(storage=open_storage(f"sqlite:///{db}"))

@@ -11,18 +11,18 @@ import pytest
 from conftest import squares
 from scipy import stats
 
-from nin_search.chance import (
+from nin_search.engine.chance import (
     _above_chance_p,
     at_chance,
-    chance_note,
     collapsed,
     exploded,
     explosion_limit,
     learned,
 )
-from nin_search.config import load_config
-from nin_search.data import split_data
-from nin_search.train import FitResult, fit
+from nin_search.engine.config import load_config
+from nin_search.engine.data import split_data
+from nin_search.engine.train import FitResult, fit
+from nin_search.tracking.runs import chance_note
 
 # the squares task at 16 px with the fully connected head, plain SGD under onecycle
 FC_SGD = [

@@ -13,9 +13,9 @@ import pytest
 import torch
 from conftest import squares, with_mlflow_store, write_idx
 
-from nin_search.chance import at_chance
-from nin_search.config import FINDER_RULES, ConfigError
-from nin_search.train import resolve_precision
+from nin_search.engine.chance import at_chance
+from nin_search.engine.config import FINDER_RULES, ConfigError
+from nin_search.engine.train import resolve_precision
 
 TINY = """
 [model]
@@ -370,8 +370,8 @@ def test_lr_finder_writes_json_html_and_an_mlflow_run(tiny_stored: Path):
 def test_sweep_link_reuses_the_matching_finder_run(tmp_path: Path, monkeypatch, idx_writer):
     from conftest import squares
 
-    from nin_search.config import load_config
-    from nin_search.run import lr_range_from_finder
+    from nin_search.engine.config import load_config
+    from nin_search.tracking.runs import lr_range_from_finder
 
     for prefix, n in (("train", 448), ("t10k", 32)):  # an easy task whose curve has a valley
         x, y = squares(n)
@@ -409,7 +409,7 @@ def test_sweep_link_reuses_the_matching_finder_run(tmp_path: Path, monkeypatch, 
 
 
 def test_ui_command_binds_loopback_and_masks_passwords():
-    from nin_search.tracking import DEFAULT_URI, ui_args, ui_command
+    from nin_search.tracking.store import DEFAULT_URI, ui_args, ui_command
 
     url = "postgresql://nin:s3cret@db-host/mlflow"
     args, env = ui_args(url)
@@ -424,7 +424,7 @@ def test_ui_command_binds_loopback_and_masks_passwords():
 
 
 def test_ui_of_a_tracking_server_is_the_server_itself():
-    from nin_search.tracking import ui_args, ui_command
+    from nin_search.tracking.store import ui_args, ui_command
 
     url = "http://nin:s3cret@mlflow-host:5000"
     # a tracking server serves its own UI: the hint is its address, masked, and `ui` refuses
@@ -435,7 +435,7 @@ def test_ui_of_a_tracking_server_is_the_server_itself():
 
 
 def test_workers_get_the_storage_url_in_their_environment_not_their_argv():
-    from nin_search.workers import worker_command
+    from nin_search.search.workers import worker_command
 
     url = "postgresql://nin:s3cret@db-host/optuna"
     cmd, env = worker_command(["sweep", "study.toml", "--set=train.lr=0.1"], url)
@@ -446,7 +446,7 @@ def test_workers_get_the_storage_url_in_their_environment_not_their_argv():
 
 
 def test_cpu_workers_split_the_cores_unless_the_user_set_the_threads():
-    from nin_search.workers import cpu_threads
+    from nin_search.search.workers import cpu_threads
 
     cores = len(os.sched_getaffinity(0))
     assert cpu_threads(1, {}) == {"OMP_NUM_THREADS": str(cores)}
@@ -478,7 +478,7 @@ def test_cpu_workers_split_the_cores_unless_the_user_set_the_threads():
     ],
 )
 def test_mask_hides_passwords_and_leaves_paths_alone(url: str, shown: str):
-    from nin_search.tracking import mask
+    from nin_search.stores.urls import mask
 
     assert mask(url) == shown
 
@@ -493,7 +493,7 @@ def test_mask_hides_passwords_and_leaves_paths_alone(url: str, shown: str):
     ids=["user", "query", "encoded"],
 )
 def test_database_urls_sqlalchemy_reads_as_meant_are_accepted(url: str):
-    from nin_search.tracking import check_db_url
+    from nin_search.stores.urls import check_db_url
 
     # an '@' in the user name or the query is no '@' in the password: no error
     assert check_db_url(url, "--storage") is None
@@ -501,7 +501,7 @@ def test_database_urls_sqlalchemy_reads_as_meant_are_accepted(url: str):
 
 @pytest.mark.parametrize("name", ["../../escaped", "/tmp/abs", "..", ".hidden", "a/b\\c"])
 def test_report_folder_stays_under_out_whatever_the_study_name(tmp_path: Path, name: str):
-    from nin_search.report import report_dir
+    from nin_search.search.report import report_dir
 
     root = tmp_path / "reports"
     out = report_dir(root, name)
@@ -511,7 +511,7 @@ def test_report_folder_stays_under_out_whatever_the_study_name(tmp_path: Path, n
 
 
 def test_report_folder_keeps_spaces_and_unicode_and_bounds_long_names(tmp_path: Path):
-    from nin_search.report import report_dir
+    from nin_search.search.report import report_dir
 
     assert report_dir(tmp_path, "ablate head é").name == "ablate head é"
     long = report_dir(tmp_path, "x" * 400)
@@ -524,7 +524,7 @@ def test_report_folder_keeps_spaces_and_unicode_and_bounds_long_names(tmp_path: 
 def test_bad_heartbeat_variable_is_one_line_naming_it_and_writes_nothing(
     tmp_path: Path, monkeypatch, raw: str
 ):
-    from nin_search.storage import open_storage
+    from nin_search.search.storage import open_storage
 
     monkeypatch.setenv("NIN_SEARCH_HEARTBEAT_S", raw)
     monkeypatch.chdir(tmp_path)
@@ -536,7 +536,7 @@ def test_bad_heartbeat_variable_is_one_line_naming_it_and_writes_nothing(
 
 
 def _main_error(capsys, *argv: str) -> tuple[int, str]:
-    from nin_search.cli import main
+    from nin_search.cli.main import main
 
     code = main(list(argv))
     return code, capsys.readouterr().err
@@ -583,7 +583,7 @@ def test_ui_host_that_does_not_resolve_exits_2(tmp_path: Path, monkeypatch, caps
 
 @pytest.mark.parametrize("text", ["nan", "inf", "0", "-5", "soon"])
 def test_timeout_must_be_a_positive_finite_duration(text: str):
-    from nin_search.cli import _duration
+    from nin_search.cli.main import _duration
 
     with pytest.raises(ConfigError, match="expected a positive duration"):
         _duration(text)

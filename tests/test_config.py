@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nin_search.config import (
+from nin_search.engine.config import (
     Config,
     ConfigError,
     apply,
@@ -127,7 +127,7 @@ def test_auto_profile_is_cpu_on_cpu_and_d2l_on_cuda():
 
 
 def test_cpu_profile_keeps_the_final_block_spatial_on_all_the_data():
-    from nin_search.accounting import summarize
+    from nin_search.engine.summary import summarize
 
     cfg = load_config(profile="cpu")
     # all training images, BatchNorm, and a final block that still sees a map of >= 3x3
@@ -328,7 +328,7 @@ def test_to_toml_round_trips(tmp_path):
 
 
 def test_config_hash_is_stable_across_processes():
-    code = "from nin_search.config import Config, config_hash; print(config_hash(Config()))"
+    code = "from nin_search.engine.config import Config, config_hash; print(config_hash(Config()))"
     env = os.environ | {"PYTHONHASHSEED": "123", "PYTHONPATH": ROOT}
     other = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True

@@ -32,9 +32,9 @@ import json, resource, torch
 from nin_search import cpu_memory
 """
 PROBE = """
-from nin_search.config import load_config
-from nin_search.model import build_model
-from nin_search.train import make_optimizer, train_step
+from nin_search.engine.config import load_config
+from nin_search.engine.model import build_model
+from nin_search.engine.train import make_optimizer, train_step
 
 torch.set_num_threads(1)
 cfg = load_config(profile="cpu")
@@ -116,10 +116,10 @@ def test_a_users_own_malloc_choice_is_left_alone(env):
 
 # a tiny run of each kind on 48 random images, in a fresh interpreter
 TINY = """
-from nin_search.config import load_config
-from nin_search.data import split_data
-from nin_search.lr_finder import find_lr
-from nin_search.train import fit
+from nin_search.engine.config import load_config
+from nin_search.engine.data import split_data
+from nin_search.engine.lr_finder import find_lr
+from nin_search.engine.train import fit
 cfg = load_config(overrides=["model.preset=lin2013", "model.width=0.125", "data.resize=0",
                              "data.val_size=16", "train.epochs=1", "train.batch_size=16",
                              "lr_finder.num_iter=10"])

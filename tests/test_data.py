@@ -11,8 +11,8 @@ import gzip
 import pytest
 import torch
 
-from nin_search.config import DataConfig
-from nin_search.data import (
+from nin_search.engine.config import DataConfig
+from nin_search.engine.data import (
     CROP_PAD,
     DataError,
     augment,
@@ -153,7 +153,7 @@ def test_missing_everywhere_lists_every_place_and_the_fixes(offline_nowhere):
 def test_a_named_folder_without_the_files_is_an_error_not_another_copy(
     offline_nowhere, make_idx_dir, monkeypatch, where: str, made: bool
 ):
-    import nin_search.data as d
+    import nin_search.engine.data as d
 
     # another copy is there (Debian's package dir and ./data): it must not be used instead
     monkeypatch.setitem(d.SYSTEM_DIRS, "fashion-mnist", str(make_idx_dir(offline_nowhere / "s")))
@@ -188,7 +188,7 @@ def test_data_dir_wins_over_env(offline_nowhere, make_idx_dir, monkeypatch):
 
 
 def test_debian_package_dir_is_found(offline_nowhere, make_idx_dir, monkeypatch):
-    import nin_search.data as d
+    import nin_search.engine.data as d
 
     folder = make_idx_dir(offline_nowhere / "usr-share", gz=True)
     monkeypatch.setitem(d.SYSTEM_DIRS, "fashion-mnist", str(folder))

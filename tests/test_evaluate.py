@@ -19,7 +19,7 @@ from conftest import squares, with_mlflow_store, write_idx
 from test_cli import TINY, cli
 from test_sweep import study_text, sweep_ok
 
-from nin_search.config import ConfigError
+from nin_search.engine.config import ConfigError
 
 N_TEST = 48  # images of the test split
 
@@ -76,8 +76,8 @@ def test_train_logs_its_model_with_the_weights_file_and_prints_the_size(trained)
 
 
 def test_weights_file_loads_with_weights_only_into_build_model(trained):
-    from nin_search.checkpoint import load
-    from nin_search.model import build_model
+    from nin_search.engine.model import build_model
+    from nin_search.tracking.models import load
 
     loaded = load(trained.id)
     blob = torch.load(
@@ -160,7 +160,7 @@ def test_evaluate_on_val_logs_its_files_to_the_run(trained):
 def test_torch_load_is_only_called_with_weights_only():
     package = Path(__file__).resolve().parents[1] / "nin_search"
     calls = 0
-    for path in package.glob("*.py"):
+    for path in package.rglob("*.py"):
         text = path.read_text()
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
@@ -221,7 +221,7 @@ def test_resumed_sweep_that_improves_moves_the_alias_and_drops_the_old_model(swe
     assert "moved from version 1" in swept.second.stdout
     versions = swept.client.search_model_versions("name = 'keep-sweep'")
     assert [v.version for v in versions] == [2]
-    from nin_search.checkpoint import live_models
+    from nin_search.tracking.models import live_models
 
     assert [m.tags["nin.trial"] for m in live_models("keep-sweep")] == ["1"]
     assert not _artifacts(swept.client, swept.v1.run_id, "evaluation")  # its val evaluation too
@@ -242,7 +242,7 @@ def test_sweep_report_links_the_kept_model_and_the_best_confusion_matrix(swept):
 def test_keep_models_all_keeps_every_trial_and_none_keeps_nothing(
     work: Path, data: Path, keep: str, models: int
 ):
-    from nin_search.checkpoint import live_models
+    from nin_search.tracking.models import live_models
 
     (work / "s.toml").write_text(study_text("keep-" + keep, data, top=f'keep_models = "{keep}"'))
     res = sweep_ok("s.toml", cwd=work)
@@ -255,8 +255,8 @@ def test_keep_models_all_keeps_every_trial_and_none_keeps_nothing(
 def test_keep_models_defaults_and_bad_values(tmp_path: Path, data: Path):
     from test_ablation import ablation_text
 
-    from nin_search.ablation import load_ablation
-    from nin_search.study import load_study
+    from nin_search.spec.ablation import load_ablation
+    from nin_search.spec.study import load_study
 
     (tmp_path / "s.toml").write_text(study_text("k", data))
     (tmp_path / "a.toml").write_text(ablation_text("a", data))
@@ -274,8 +274,8 @@ def _bad_model(trained, how: str) -> str:
     """A run id or URI that evaluate must refuse, made in the trained store."""
     from torch import nn
 
-    from nin_search.checkpoint import log_model
-    from nin_search.config import load_config
+    from nin_search.engine.config import load_config
+    from nin_search.tracking.models import log_model
 
     client = _store(trained.folder)
     exp_id = trained.run.info.experiment_id
@@ -284,7 +284,7 @@ def _bad_model(trained, how: str) -> str:
         client.set_terminated(run.info.run_id)
         return run.info.run_id
     if how.startswith("deleted"):  # the trained model again, in a run deleted afterwards
-        from nin_search.checkpoint import load
+        from nin_search.tracking.models import load
 
         good = load(trained.id)
         with mlflow.start_run(experiment_id=exp_id) as run:
@@ -358,7 +358,7 @@ BAD = {
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(trained, case: str, monkeypatch, capsys):
-    from nin_search.cli import main
+    from nin_search.cli.main import main
 
     make, extra, message = BAD[case]
     ref = make(trained)

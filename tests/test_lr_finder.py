@@ -13,12 +13,25 @@ import torch
 from conftest import squares
 from torch import nn
 
-from nin_search.config import FINDER_RULES, ConfigError, LRFinderConfig, finder_rule, load_config
-from nin_search.curve import Curve, ema, median_curve, no_descent_advice, suggest, zero_phase
-from nin_search.data import split_data
-from nin_search.lr_finder import find_lr, range_test, schedule, seeded_test
-from nin_search.model import build_model
-from nin_search.train import fit, make_optimizer, resolved
+from nin_search.engine.config import (
+    FINDER_RULES,
+    ConfigError,
+    LRFinderConfig,
+    finder_rule,
+    load_config,
+)
+from nin_search.engine.curve import (
+    Curve,
+    ema,
+    median_curve,
+    no_descent_advice,
+    suggest,
+    zero_phase,
+)
+from nin_search.engine.data import split_data
+from nin_search.engine.lr_finder import find_lr, range_test, schedule, seeded_test
+from nin_search.engine.model import build_model
+from nin_search.engine.train import fit, make_optimizer, resolved
 
 N = 20  # iterations of the synthetic curves: suggestions use points N // 10 = 2 to N - 5 = 14
 LRS = [10 ** (-4 + 5 * i / (N - 1)) for i in range(N)]
@@ -414,7 +427,7 @@ def test_auto_rule_is_lowest_under_onecycle_and_half_decade_otherwise():
 
 
 def test_plot_shows_both_smoothings_and_marks_the_recommendation():
-    from nin_search.plots import lr_finder_curve
+    from nin_search.reports.plots import lr_finder_curve
 
     c = curve([2.30, 2.30, 2.25, 2.10, 1.90, 1.60, 1.20, 0.90, 0.70, 0.80, 1.50, 3.0, 6.0])
     f = suggest(c, N, rule="valley", smoothing="ema")
@@ -431,7 +444,7 @@ def test_plot_shows_both_smoothings_and_marks_the_recommendation():
 
 
 def test_plot_axis_ends_above_the_start_and_marks_where_a_blow_up_leaves_it():
-    from nin_search.plots import lr_finder_curve
+    from nin_search.reports.plots import lr_finder_curve
 
     # make demo's shape: a descent from 2.31 to 0.7, then the raw loss blows up to 215
     raw = [2.31, 2.30, 2.30, 2.25, 2.10, 1.90, 1.60, 1.20, 0.90, 0.70, 0.80, 1.50, 3.0, 6.0]
@@ -452,7 +465,7 @@ def test_plot_axis_ends_above_the_start_and_marks_where_a_blow_up_leaves_it():
 
 
 def test_plot_axis_holds_a_curve_that_stays_below_its_start():
-    from nin_search.plots import lr_finder_curve
+    from nin_search.reports.plots import lr_finder_curve
 
     c = curve([2.30, 2.30, 2.25, 2.10, 1.90, 1.60, 1.20, 0.90, 0.70, 0.80, 1.50, 3.0, 6.0])
     fig = lr_finder_curve(suggest(c, N, rule="valley", smoothing="ema"))
@@ -463,7 +476,7 @@ def test_plot_axis_holds_a_curve_that_stays_below_its_start():
 
 
 def test_terminal_table_gives_each_rule_on_both_curves_and_the_range():
-    from nin_search.run import _suggestion_table
+    from nin_search.tracking.runs import _suggestion_table
 
     c = curve([2.30, 2.30, 2.25, 2.10, 1.90, 1.60, 1.20, 0.90, 0.70, 0.80, 1.50, 3.0, 6.0])
     f = suggest(c, N, rule="valley", smoothing="ema")

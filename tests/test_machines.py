@@ -27,7 +27,8 @@ from sqlalchemy.engine import make_url
 from test_ablation import ablation_text
 from test_sweep import _env, write_study
 
-from nin_search.storage import StoreLock, open_storage
+from nin_search.search.storage import open_storage
+from nin_search.stores.locks import StoreLock
 
 pg_url = test_sweep.pg_url  # the fixture: skips without $NIN_SEARCH_TEST_PG_URL
 N_TRIALS = 4

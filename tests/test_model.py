@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nin_search.config import PRESETS, ConfigError, ModelConfig
-from nin_search.model import (
+from nin_search.engine.config import PRESETS, ConfigError, ModelConfig
+from nin_search.engine.model import (
     build_model,
     check_input_size,
     count_params,

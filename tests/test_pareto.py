@@ -30,7 +30,7 @@ from test_sweep import (
     write_study,
 )
 
-from nin_search.study import load_study
+from nin_search.spec.study import load_study
 
 PARETO = 'objective = ["best_val_acc", "macs"]'
 # widths 0.125 and 0.5 of the tiny NiN: 968,448 and 13,605,888 MACs at 16 px

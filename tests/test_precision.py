@@ -12,13 +12,13 @@ import torch
 from conftest import squares
 from torch import nn
 
-import nin_search.train as train
-from nin_search.cli import main
-from nin_search.config import ConfigError, LRFinderConfig, load_config
-from nin_search.data import split_data
-from nin_search.lr_finder import range_test
-from nin_search.model import build_model
-from nin_search.train import fit, make_optimizer, resolve_precision, resolved
+import nin_search.engine.train as train
+from nin_search.cli.main import main
+from nin_search.engine.config import ConfigError, LRFinderConfig, load_config
+from nin_search.engine.data import split_data
+from nin_search.engine.lr_finder import range_test
+from nin_search.engine.model import build_model
+from nin_search.engine.train import fit, make_optimizer, resolve_precision, resolved
 
 CPU = torch.device("cpu")
 

@@ -22,11 +22,11 @@ from optuna.trial import TrialState
 from test_ablation import ablation_text, nin_ok, start_nin
 from test_sweep import children, runs, start_sweep, swept_here, trials, write_study
 
-from nin_search.config import load_config
-from nin_search.data import split_data
-from nin_search.snapshot import FORMAT, remove, snapshot_dir, snapshot_path
-from nin_search.storage import store_file
-from nin_search.train import fit
+from nin_search.engine.config import load_config
+from nin_search.engine.data import split_data
+from nin_search.engine.snapshot import FORMAT, remove, snapshot_dir, snapshot_path
+from nin_search.engine.train import fit
+from nin_search.stores.locks import store_file
 
 # BatchNorm, dropout and augmentation on: every piece of state a resumed epoch depends on
 # (buffers, the global RNG, the batch-order generator) is exercised

@@ -23,13 +23,13 @@ from conftest import with_mlflow_store
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
-from nin_search import cli
-from nin_search.ablation import load_ablation
-from nin_search.chance import at_chance
-from nin_search.config import Config, flatten
-from nin_search.storage import DEFAULT_STORAGE
-from nin_search.study import load_study
-from nin_search.sweep import check_space, run_sweep, space_fits
+from nin_search.cli.main import main as cli
+from nin_search.engine.chance import at_chance
+from nin_search.engine.config import Config, flatten
+from nin_search.search.storage import DEFAULT_STORAGE
+from nin_search.search.sweep import check_space, run_sweep, space_fits
+from nin_search.spec.ablation import load_ablation
+from nin_search.spec.study import load_study
 
 # A small NiN on 16 px images: a 2-epoch trial takes under a second on one core.
 TINY = {
@@ -466,7 +466,7 @@ def test_a_search_of_many_keys_that_can_fit_is_found_to_fit(tmp_path: Path, data
 
 
 def test_rejected_samples_stop_the_run_only_where_no_sample_fits():
-    from nin_search.workers import _same_failure
+    from nin_search.search.workers import _same_failure
 
     reason = "data.resize: a 8x8 input is too small for the d2l NiN"
     rejected = [

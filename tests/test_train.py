@@ -14,10 +14,10 @@ from conftest import squares
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from nin_search.config import TrainConfig, load_config
-from nin_search.data import split_data, to_input
-from nin_search.model import build_model
-from nin_search.train import evaluate, fit, make_schedule
+from nin_search.engine.config import TrainConfig, load_config
+from nin_search.engine.data import split_data, to_input
+from nin_search.engine.model import build_model
+from nin_search.engine.train import evaluate, fit, make_schedule
 
 HISTORY_KEYS = {
     "train_loss",
@@ -303,7 +303,7 @@ def test_batch_norm_trains_when_the_last_batch_would_hold_one_image():
 
 
 def test_training_batches_drop_only_a_lone_last_image():
-    from nin_search.data import batches, train_images
+    from nin_search.engine.data import batches, train_images
 
     cfg = load_config(overrides=SMALL_RUN)
     x, y = squares(33)

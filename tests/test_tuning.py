@@ -22,9 +22,9 @@ from scipy import stats as sps
 from test_ablation import ablation_text, nin, nin_ok, start_nin
 from test_sweep import _env, runs, trials
 
-from nin_search import stats
-from nin_search.report import ablation_markdown
-from nin_search.tuning import records
+from nin_search.reports import stats
+from nin_search.search.arm_lr import records
+from nin_search.search.report import ablation_markdown
 
 # --- statistics on fixed numbers ------------------------------------------------------------
 

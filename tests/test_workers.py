@@ -148,8 +148,8 @@ PICKER = textwrap.dedent(
     """
     import sys, time
     import optuna
-    from nin_search.ablation import CellSampler
-    from nin_search.storage import open_storage
+    from nin_search.search.cells import CellSampler
+    from nin_search.search.storage import open_storage
 
     url, name, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
     cells = [{"arm": a, "train.seed": s} for a in ("a", "b") for s in range(3)]

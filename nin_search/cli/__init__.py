@@ -1,0 +1,1 @@
+"""The command line: `python -m nin_search COMMAND` (nin_search.cli.main)."""

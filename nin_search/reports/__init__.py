@@ -1,0 +1,1 @@
+"""Figures, statistics and HTML pages of plain data: plotly, pandas and scipy, no store."""

@@ -1,0 +1,115 @@
+"""The Optuna study behind a sweep or an ablation: its sampler and pruner from the study file,
+opened (or created) on a storage with its kind, objectives and directions checked, and the
+count of finished trials that a target is measured against. sweep.py runs it; tuning.py opens
+one per arm for a per-arm lr search; workers.py counts against it.
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+from nin_search.engine.config import ConfigError
+from nin_search.search import budgets as pareto
+from nin_search.search.storage import open_storage
+from nin_search.spec.space import grid
+from nin_search.spec.study import Study, directions
+from nin_search.stores.urls import mask
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def _args(spec: dict) -> dict:
+    return {k: v for k, v in spec.items() if k != "type"}
+
+
+def make_sampler(study: Study, offset: int = 0) -> optuna.samplers.BaseSampler:
+    spec = study.sampler
+    args = _args(spec)
+    seed = args.get("seed", 0)
+    args["seed"] = seed + offset if type(seed) is int else seed  # not int: the sampler says so
+    classes = {
+        "tpe": optuna.samplers.TPESampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
+        "random": optuna.samplers.RandomSampler,
+        "cmaes": optuna.samplers.CmaEsSampler,
+        "gp": optuna.samplers.GPSampler,
+    }
+    if spec["type"] == "cells":  # an ablation: every arm x seed cell once
+        from nin_search.search.cells import CellSampler
+
+        return CellSampler(study.cells(), offset)
+    try:
+        if spec["type"] == "grid":
+            return optuna.samplers.GridSampler(grid(study.params), **args)
+        return classes[spec["type"]](**args)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{study.path}: [sampler] {spec['type']}: {e}") from None
+
+
+def make_pruner(study: Study) -> optuna.pruners.BasePruner:
+    spec, args = study.pruner, _args(study.pruner)
+    epochs = study.base_config().train.epochs
+    try:
+        if spec["type"] == "hyperband":
+            return optuna.pruners.HyperbandPruner(
+                **({"min_resource": 1, "max_resource": epochs, "reduction_factor": 3} | args)
+            )
+        if spec["type"] == "percentile":
+            return optuna.pruners.PercentilePruner(**({"percentile": 25.0} | args))
+        return {
+            "median": optuna.pruners.MedianPruner,
+            "successive-halving": optuna.pruners.SuccessiveHalvingPruner,
+            "none": optuna.pruners.NopPruner,
+        }[spec["type"]](**args)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{study.path}: [pruner] {spec['type']}: {e}") from None
+
+
+def open_study(study: Study, url: str) -> optuna.Study:
+    sampler, pruner = make_sampler(study), make_pruner(study)  # a bad argument writes nothing
+    storage = open_storage(url)
+    try:
+        ostudy = optuna.create_study(
+            study_name=study.name,
+            storage=storage,
+            load_if_exists=True,
+            directions=directions(study),
+            sampler=sampler,
+            pruner=pruner,
+        )
+        kind = (ostudy.user_attrs.get("nin_spec") or {}).get("kind", study.kind)
+        if kind != study.kind:  # one name, one kind: its trials and record are not shared
+            raise ConfigError(
+                f"{study.path}: name {study.name!r} is taken by an existing {kind} in "
+                f"{mask(url)}; give this {study.kind} a name of its own (name = ...)"
+            )
+        was = (ostudy.user_attrs.get("nin_spec") or {}).get("objectives")
+        if was and study.objectives and was != study.objectives:  # same directions, other values
+            raise ConfigError(
+                f"{study.path}: study {study.name!r} was started with objective {was}, but the "
+                f"file now gives {study.objectives}; give it a new name = ..."
+            )
+        had = [d.name.lower() for d in ostudy.directions]
+        if had != directions(study):  # create_study loads it without a word
+            raise ConfigError(
+                f"{study.path}: study {study.name!r} was started with directions {had}, but "
+                f"objective now gives {directions(study)}; give it a new name = ..."
+            )
+        return ostudy
+    except ConfigError:
+        raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(
+            f"--storage {mask(url)}: study {study.name!r} cannot be opened: {first[:300]}"
+        ) from None
+
+
+def finished(study: Study, ostudy: optuna.Study) -> int:
+    """Finished trials; for an ablation, the cells of its grid with a finished trial."""
+    trials = [t for t in ostudy.get_trials(deepcopy=False, states=FINISHED) if pareto.counted(t)]
+    if not study.arms:
+        return len(trials)
+    grid = {(c["arm"], c["train.seed"]) for c in study.cells()}
+    return len({(t.params.get("arm"), t.params.get("train.seed")) for t in trials} & grid)

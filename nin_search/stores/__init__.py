@@ -1,0 +1,1 @@
+"""The databases and files MLflow and Optuna write: URLs (masked), locks, faults."""
