@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 
 from nin_search.engine.config import apply, flatten
 from nin_search.engine.train import resolve_device, resolved
+from nin_search.search import optuna_private as private
 from nin_search.search.objective import DataCache, check_ctrl_c, deferred_ctrl_c, interruptible
 from nin_search.spec.space import Param
 from nin_search.spec.study import OBJECTIVES, Study, with_params
@@ -107,7 +108,7 @@ def tune_arms(study: Study, ostudy: optuna.Study, url: str, exp_id: str, parent:
     cache = DataCache()
 
     def kept() -> dict:
-        return optuna.load_study(study_name=study.name, storage=ostudy._storage).user_attrs
+        return optuna.load_study(study_name=study.name, storage=private.storage(ostudy)).user_attrs
 
     for arm in study.arms:
         key = KEY + arm

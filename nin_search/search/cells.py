@@ -18,6 +18,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from nin_search.search import optuna_private as private
 from nin_search.stores.locks import StoreLock
 
 TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -49,7 +50,7 @@ def _free(study: optuna.Study, cells: list[dict], exclude: int | None) -> tuple[
     """free_cells, and how many of them come first as tried before."""
     trials = [
         t
-        for t in study._storage.get_all_trials(study._study_id, deepcopy=False)
+        for t in private.storage(study).get_all_trials(private.study_id(study), deepcopy=False)
         if t.number != exclude
     ]
     taken = {_cell(t) for t in trials if _taken(t)}
@@ -79,13 +80,13 @@ class CellSampler(optuna.samplers.BaseSampler):
             return
         # workers pick one at a time, on any machine: the store's lock (workers.py holds it
         # already while it starts a trial; taking it again here is free)
-        with StoreLock(study._storage, key=study.study_name):
+        with StoreLock(private.storage(study), key=study.study_name):
             pool, tried = _free(study, self.cells, exclude=trial.number)
             # none free: every cell is finished or running elsewhere; the objective then fails
             # this trial untrained instead of running a cell twice. The offset spreads workers
             # over the cells tried before (their snapshots first), or else over them all
             cell = pool[self.offset % (tried or len(pool))] if pool else None
-            study._storage.set_trial_system_attr(trial._trial_id, "nin_cell", cell)
+            private.storage(study).set_trial_system_attr(private.trial_id(trial), "nin_cell", cell)
         if cell is None:
             _stop(study)
 
@@ -106,7 +107,7 @@ def _stop(study: optuna.Study) -> None:
 
 def has_cell(trial: optuna.Trial) -> bool:
     """False for a trial CellSampler found no free cell for."""
-    attrs = trial.study._storage.get_trial_system_attrs(trial._trial_id)
+    attrs = private.storage(trial.study).get_trial_system_attrs(private.trial_id(trial))
     return attrs.get("nin_cell", {}) is not None
 
 

@@ -29,6 +29,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from nin_search.engine.config import ConfigError
+from nin_search.search.optuna_private import STALE_TRIAL_IDS
 from nin_search.stores.faults import _retry, _transient, store_failure
 from nin_search.stores.locks import JOURNAL_SUFFIXES, StoreLock
 from nin_search.stores.urls import check_db_url, mask
@@ -114,8 +115,8 @@ def _retrying(name: str):
     return call
 
 
-for _name in [*dir(optuna.storages.BaseStorage), "_get_stale_trial_ids"]:
-    if (not _name.startswith("_") or _name == "_get_stale_trial_ids") and _name not in (
+for _name in [*dir(optuna.storages.BaseStorage), STALE_TRIAL_IDS]:
+    if (not _name.startswith("_") or _name == STALE_TRIAL_IDS) and _name not in (
         "record_heartbeat",
         "get_heartbeat_interval",
         "get_heartbeat_stale_trial_callback",

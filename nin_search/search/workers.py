@@ -26,9 +26,9 @@ from datetime import datetime
 
 import optuna
 from optuna.storages import fail_stale_trials
-from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
+from nin_search.search import optuna_private as private
 from nin_search.search.objective import TrialRejected, check_ctrl_c, deferred_ctrl_c
 from nin_search.search.storage import heartbeat_s
 from nin_search.spec.study import Study
@@ -95,7 +95,7 @@ def failure(study: Study, ostudy: optuna.Study) -> str | None:
 
 
 def heartbeats(ostudy: optuna.Study) -> bool:
-    return is_heartbeat_enabled(ostudy._storage)  # Optuna's own test, as in optimize()
+    return private.heartbeat_enabled(ostudy)
 
 
 def fail_stale(ostudy: optuna.Study) -> None:
@@ -154,12 +154,12 @@ def work(
     (samples the network cannot take, or too big for the memory, count only where
     rejections_stop: no sample fits)."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    lock = StoreLock(ostudy._storage, key=study.name)
+    lock = StoreLock(private.storage(ostudy), key=study.name)
     me = os.environ.get(COMMAND)
 
     def admitted(trial: optuna.Trial) -> float:
         lock.release()  # the trial exists and holds its cell: the next worker may choose
-        storage, tid = ostudy._storage, trial._trial_id
+        storage, tid = private.storage(ostudy), private.trial_id(trial)
         # where it runs, for whoever watches a study spread over machines
         storage.set_trial_system_attr(tid, "nin_worker", f"{socket.gethostname()}:{os.getpid()}")
         if me:
@@ -194,7 +194,7 @@ def work(
                 return
             # a grid sampler with every point visited stops the study (CellSampler's stop is
             # only a hint: _next knows whether a cell may still come free)
-            if step == "done" or (ostudy._stop_flag and not study.arms):
+            if step == "done" or (private.stop_requested(ostudy) and not study.arms):
                 return
             if step == "wait":
                 _sleep(POLL_S)
