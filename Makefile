@@ -28,7 +28,7 @@ test: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/python -m pip install -q ruff
-	$(BIN)/ruff check nin_search tests benchmarks && $(BIN)/ruff format --check nin_search tests benchmarks
+	$(BIN)/ruff check nin_search tests benchmarks experiments && $(BIN)/ruff format --check nin_search tests benchmarks experiments
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/throughput.py

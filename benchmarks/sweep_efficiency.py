@@ -16,7 +16,7 @@ at least 3x fewer epochs for a best value within 0.5 points; overhead under 2%. 
 two searches at once, one process and one torch thread each, each with its own stores (epochs and
 values do not depend on it; seconds do). --keep DIR keeps both searches' stores
 (DIR/none/optuna.db, DIR/hyperband/optuna.db, MLflow's beside them) for
-benchmarks/hyperband_replay.py; by default they go to a temporary folder. --only runs one of the
+experiments/hyperband_replay.py; by default they go to a temporary folder. --only runs one of the
 two (`--only none` is all the replay needs; `--only hyperband --keep` the same DIR adds the other
 later, never over an existing one; --report DIR then prints the comparison). The search itself:
 lin2013 NiN on 28 px Fashion-MNIST, Adam, over train.lr (log 1e-4..3e-2), model.dropout (0..0.7)

@@ -6,7 +6,7 @@ it diverged. This trains the same config with fit()'s own pieces (_start, train_
 onecycle schedule) and prints, every `--every` steps, the lr, the batch loss, the share of
 zeros in the fc layer's input (ReLU outputs), the fc weights' norm and the logits' spread.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/collapse_probe.py --lr 1.1183 --seed 0 \
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/collapse_probe.py --lr 1.1183 --seed 0 \
         --set model.head=fc --set model.width=0.25 --set train.optimizer=sgd --steps 900
 """
 

@@ -6,8 +6,8 @@ the most, plain SGD on the fc head with BatchNorm at 4 steps an epoch (a bump we
 mean), with the rule switched off, and prints each epoch's mean train loss, val loss and val
 accuracy, and the epoch where the rule would have stopped the run.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/explosion_grid.py            # squares task
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/explosion_grid.py --fashion  # 256 + 256 images
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/explosion_grid.py            # squares task
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/explosion_grid.py --fashion  # 256 + 256 images
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What can Optuna's HyperbandPruner save? A model of sweep_efficiency.py on synthetic curves.
 
-    .venv/bin/python benchmarks/hyperband_model.py [--trials 30 50 81] [--epochs 27] \
+    .venv/bin/python experiments/hyperband_model.py [--trials 30 50 81] [--epochs 27] \
         [--noise 0.019 0.006] [--seeds 8] [--sampler random tpe]
 
 sweep_efficiency.py takes half an hour or more per data point on this CPU and gives one draw;

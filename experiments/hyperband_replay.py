@@ -1,7 +1,7 @@
 """Hyperband on real learning curves: a finished unpruned search replayed through Optuna's pruner.
 
     .venv/bin/python benchmarks/sweep_efficiency.py --trials 81 --epochs 27 --keep DIR
-    .venv/bin/python benchmarks/hyperband_replay.py DIR [--orders 200] [--seed 0]
+    .venv/bin/python experiments/hyperband_replay.py DIR [--orders 200] [--seed 0]
 
 A seeded trial trains the same way whether it is pruned later or not (the same configuration,
 data order and schedule), so the unpruned search of sweep_efficiency.py holds every curve a pruned

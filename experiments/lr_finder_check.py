@@ -1,6 +1,6 @@
 """Does the lr-finder's recommendation train? Short runs at 0.1x, 1x and 10x of it.
 
-    .venv/bin/python benchmarks/lr_finder_check.py [--profile quick] [--set KEY=VALUE ...]
+    .venv/bin/python experiments/lr_finder_check.py [--profile quick] [--set KEY=VALUE ...]
 
 For each optimizer (SGD, SGD with momentum 0.9, AdamW) on real Fashion-MNIST at the given profile:
 the finder's suggestions, then one short run (the profile's epochs) at 0.1x, 1x and 10x the

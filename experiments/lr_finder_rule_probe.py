@@ -1,7 +1,7 @@
 """Candidate finder rules on the cached range tests: where would each put the lr? (issue 11)
 
-    .venv/bin/python benchmarks/lr_finder_rule_probe.py
-    .venv/bin/python benchmarks/lr_finder_rule_probe.py --seeds  # + lr_finder_spread's curves
+    .venv/bin/python experiments/lr_finder_rule_probe.py
+    .venv/bin/python experiments/lr_finder_rule_probe.py --seeds  # + lr_finder_spread's curves
 
 Trains nothing and runs no range test: it reads lr_finder_regret.py's cache (one range test per
 configuration, seed 0, and the lr grid's runs), applies each candidate rule to the cached curve and
@@ -38,12 +38,15 @@ import json
 import math
 import os
 import statistics
-
-from lr_finder_regret import CACHE, DEFAULT_MODELS, cache_key, configs, load_cache
-from lr_finder_spread import CACHE as SPREAD_CACHE
-from lr_finder_spread import grid_best, grid_means
+import sys
+from pathlib import Path
 
 from nin_search.engine.curve import zero_phase
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from lr_finder_regret import CACHE, DEFAULT_MODELS, cache_key, configs, load_cache  # noqa: E402
+from lr_finder_spread import CACHE as SPREAD_CACHE  # noqa: E402
+from lr_finder_spread import grid_best, grid_means  # noqa: E402
 
 NUM_ITER = 100  # the cpu profile's lr_finder.num_iter, as the cached tests ran
 RANGES = {"[lr/30, 3lr]": (1 / 30, 3), "[lr/30, 10lr]": (1 / 30, 10)}

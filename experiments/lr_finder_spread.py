@@ -1,9 +1,9 @@
 """How far does the finder's lr move between seeds, and between fp32 and bf16? (issue 11)
 
-    .venv/bin/python benchmarks/lr_finder_spread.py                   # 6 configurations x 6 seeds
-    .venv/bin/python benchmarks/lr_finder_spread.py --configs adamw/lin2013 --seeds 0 \
+    .venv/bin/python experiments/lr_finder_spread.py                   # 6 configurations x 6 seeds
+    .venv/bin/python experiments/lr_finder_spread.py --configs adamw/lin2013 --seeds 0 \
         --precision bf16                                               # bf16, emulated if need be
-    .venv/bin/python benchmarks/lr_finder_spread.py --cached-only     # the tables from the cache
+    .venv/bin/python experiments/lr_finder_spread.py --cached-only     # the tables from the cache
 
 lr_finder_regret.py judges each rule by one range test per configuration (train.seed 0). This
 script asks how much that one test's answer is worth: it trains nothing, it runs the range test
@@ -29,13 +29,22 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
-from lr_finder_regret import (
-    CACHE as REGRET_CACHE,
-)
-from lr_finder_regret import (
+
+from nin_search.engine.config import load_config
+from nin_search.engine.curve import Curve, median_curve, suggest
+from nin_search.engine.data import load_data
+from nin_search.engine.lr_finder import _stream, range_test
+from nin_search.engine.model import build_model
+from nin_search.engine.train import make_optimizer, resolve_device, resolve_precision
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from lr_finder_regret import CACHE as REGRET_CACHE  # noqa: E402
+from lr_finder_regret import (  # noqa: E402
     DEFAULT_MODELS,
     MODELS,
     PROFILE,
@@ -46,14 +55,23 @@ from lr_finder_regret import (
     select,
 )
 
-from nin_search.engine.config import load_config
-from nin_search.engine.curve import Curve, median_curve, suggest
-from nin_search.engine.data import load_data
-from nin_search.engine.lr_finder import seeded_test
-from nin_search.engine.train import resolve_device, resolve_precision
-
-CACHE = os.path.join(os.path.dirname(__file__), "results", "lr_finder_spread.jsonl")
+CACHE = os.path.join(
+    os.path.dirname(__file__), "..", "benchmarks", "results", "lr_finder_spread.jsonl"
+)
 RULES = ("lowest/zero-phase", "valley/ema")  # ours (the default under onecycle), fastai's valley
+
+
+def forced_test(cfg, data, seed: int, precision: str) -> Curve:
+    """The engine's seeded_test at a given precision: bf16 even where it is emulated (the engine
+    refuses that), so that the precision's effect can be told from the host's."""
+    torch.manual_seed(seed)
+    gen = torch.Generator(device=data.train_x.device).manual_seed(seed)
+    model = build_model(cfg.model, data.input_size, 1, data.num_classes)
+    model = model.to(data.train_x.device, memory_format=torch.channels_last)
+    opt = make_optimizer(cfg.train, model.parameters())
+    crit = torch.nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    stream = _stream(data, cfg, gen)
+    return range_test(model, opt, stream, cfg.lr_finder, crit, None, gen, False, precision)
 
 
 def host() -> str:
@@ -145,7 +163,7 @@ def main() -> None:
             if data is None:
                 data = load_data(base.data, device, with_test=False)
             t = time.perf_counter()
-            curve = seeded_test(cfg, data, seed, precision=precision)
+            curve = forced_test(cfg, data, seed, precision)
             took = time.perf_counter() - t
             lr = lr_of(curve, cfg.lr_finder.num_iter, RULES[0])
             print(f"{name} seed {seed} {precision}: lowest {fmt(lr)} ({took:.0f} s)", flush=True)

@@ -498,8 +498,8 @@ def test_shipped_ablation_files_load():
 @pytest.mark.parametrize(
     ("path", "arm_name", "trial", "seeds"),
     [
-        ("studies/pareto_check_cpu.toml", "w0375-fc", "14", [0, 1, 2]),
-        ("studies/pareto_check2_cpu.toml", "w05-d1", "2", [0, 1, 2, 3, 4, 5]),
+        ("experiments/studies/pareto_check_cpu.toml", "w0375-fc", "14", [0, 1, 2]),
+        ("experiments/studies/pareto_check2_cpu.toml", "w05-d1", "2", [0, 1, 2, 3, 4, 5]),
     ],
 )
 def test_pareto_check_reruns_the_front_trial_it_names_on_paired_seeds(

@@ -7,6 +7,7 @@ import json
 import math
 import random
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -223,16 +224,22 @@ def test_repeats_run_seed_plus_i_and_suggest_from_the_median():
     assert f.to_json()["repeats"] == 3 and len(f.to_json()["curve"]["repeat_losses"]) == 3
 
 
-def test_seeded_test_is_find_lrs_test_and_can_force_bf16():
+def test_seeded_test_is_find_lrs_test_and_the_spread_probe_can_force_bf16():
+    import runpy
+
     x, y = squares(128)
     cfg = load_config(overrides=TINY + ["train.precision=fp32"])
     data = split_data(x, y, cfg.data, "cpu")
     # the benchmark's single test at a seed is exactly the test find_lr runs at that seed
     assert seeded_test(cfg, data, 5).losses == find_lr(cfg, data).curve.losses
-    # bf16 forced (emulated on a CPU without bf16 units): the same test at another precision,
-    # close to the fp32 curve at the first steps (same weights and batches) but not equal
-    fp32 = seeded_test(cfg, data, 5, precision="fp32").losses
-    bf16 = seeded_test(cfg, data, 5, precision="bf16").losses
+    # experiments/lr_finder_spread.py forces bf16 (emulated on a CPU without bf16 units) with
+    # its own copy of the test (the engine has no parameter for it): the same test at another
+    # precision, equal to the engine's in fp32, close to it at the first steps in bf16
+    probe = Path(__file__).parents[1] / "experiments" / "lr_finder_spread.py"
+    forced_test = runpy.run_path(str(probe), run_name="probe")["forced_test"]
+    fp32 = forced_test(cfg, data, 5, "fp32").losses
+    bf16 = forced_test(cfg, data, 5, "bf16").losses
+    assert fp32 == seeded_test(cfg, data, 5).losses
     assert bf16 != fp32[: len(bf16)]
     assert bf16[0] == pytest.approx(fp32[0], rel=0.02)
 

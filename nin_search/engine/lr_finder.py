@@ -133,11 +133,9 @@ def seeded_test(
     seed: int,
     val: tuple | None = None,
     progress: bool = False,
-    precision: str | None = None,
 ) -> Curve:
     """One range test from a fresh model and data order seeded with seed, at train.precision
-    resolved for the device (precision overrides it: benchmarks/lr_finder_spread.py forces bf16,
-    emulated, on a CPU without bf16 units to tell the precision's effect from the host's)."""
+    resolved for the device."""
     device = data.train_x.device
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -145,7 +143,7 @@ def seeded_test(
     model = model.to(device, memory_format=torch.channels_last)  # as fit() trains it
     opt = make_optimizer(cfg.train, model.parameters())
     crit = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
-    precision = precision or resolve_precision(cfg.train.precision, device)
+    precision = resolve_precision(cfg.train.precision, device)
     stream = _stream(data, cfg, gen)
     return range_test(model, opt, stream, cfg.lr_finder, crit, val, gen, progress, precision)
 
