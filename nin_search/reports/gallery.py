@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from nin_search.engine.evaluate import SPLITS, Evaluation, per_class
+from nin_search.reports.pages import page
 
 FILES = ("confusion_matrix.html", "predictions.html", "per_class.csv", "confusion_matrix.csv")
 
@@ -35,21 +36,12 @@ def _png(img: torch.Tensor) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + body
 
 
-STYLE = (
-    "body{font-family:sans-serif;margin:2em} table{border-collapse:collapse}"
-    "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
+STYLE = (  # the gallery's own, beside pages.STYLE
     "figure{display:inline-block;margin:4px;padding:4px;text-align:center;font-size:11px;"
     "width:96px;vertical-align:top} figure.ok{border:2px solid #2ca02c}"
     "figure.bad{border:2px solid #d62728;color:#d62728}"
     "img{image-rendering:pixelated;width:56px;height:56px}"
 )
-
-
-def _page(title: str, body: str) -> str:
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
-    )
 
 
 def gallery(ev: Evaluation, n: int, title: str) -> str:
@@ -71,7 +63,7 @@ def gallery(ev: Evaluation, n: int, title: str) -> str:
         f"<p>{shown} of {len(ev.labels):,} images of {SPLITS[ev.split]}, {len(wrong):,} "
         f"misclassified (red, first), correct in green; native 28x28 pixels shown at 2x.</p>"
     )
-    return _page(title, head + "".join(cells))
+    return page(title, head + "".join(cells), STYLE)
 
 
 def write(ev: Evaluation, out: Path, images: int, title: str, lines: list[str]) -> Path:
@@ -107,5 +99,5 @@ def write(ev: Evaluation, out: Path, images: int, title: str, lines: list[str]) 
         f"<li>{html.escape(t)} -> {html.escape(p)}: {n}</li>" for n, t, p in ev.most_confused()
     )
     body += "</ul>"
-    (out / "index.html").write_text(_page(title, body))
+    (out / "index.html").write_text(page(title, body, STYLE))
     return out / "index.html"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nin_search.engine.config import Config, apply, to_toml
+from nin_search.search.studies import best_config, counted
 from nin_search.spec.objectives import BUDGETS, SIZES, reference
 from nin_search.spec.study import OBJECTIVES, Study, directions, is_multi
 
@@ -34,11 +34,6 @@ def budget(study: Study, trial, size: dict) -> str:
         if size[key] > top:
             over.append(f"{key} {size[key]:,} > max {top:,.0f}")
     return f"over budget: {', '.join(over)}" if over else ""
-
-
-def counted(trial) -> bool:
-    """Whether a finished trial counts towards n_trials: over-budget ones never trained."""
-    return "over_budget" not in trial.user_attrs
 
 
 def dominated(ostudy, values: tuple[float, ...]) -> bool:
@@ -150,11 +145,8 @@ def pareto_report(ostudy, spec: dict, out: Path) -> tuple[list[str], dict, dict[
             f"{k} {v:,.0f}" if k in BUDGETS else f"{k} {v:.6g}"
             for k, v in zip(names, t.values, strict=True)
         )
-        cfg = apply(Config(), spec["base"] | t.params, f"trial {n}")
-        (out / f"best_config_{n}.toml").write_text(
-            f"# Pareto trial {n}: {shown}; train with:\n"
-            f"#   python -m nin_search train --config best_config_{n}.toml\n" + to_toml(cfg)
-        )
+        file = f"best_config_{n}.toml"
+        (out / file).write_text(best_config(spec, t, file, f"Pareto trial {n}: {shown}"))
     notes = [f"Pareto front of {', '.join(names)}: {len(frame)} trials (pareto_front.csv)"]
     notes += budget_notes(ostudy, spec)  # [constraints] with several objectives too
     if "base" not in spec:

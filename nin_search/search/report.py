@@ -20,11 +20,13 @@ import mlflow
 import optuna
 import pandas as pd
 
-from nin_search.engine.config import Config, ConfigError, apply, read_toml, to_toml
+from nin_search.engine.config import ConfigError, read_toml
 from nin_search.reports import plots, stats
+from nin_search.reports.pages import page
 from nin_search.search import arm_lr as tuning
 from nin_search.search.cells import cell_frame
 from nin_search.search.storage import open_storage
+from nin_search.search.studies import best_config
 from nin_search.stores.locks import store_exists
 from nin_search.stores.urls import mask
 from nin_search.tracking.store import setup_tracking
@@ -138,33 +140,26 @@ def ablation_markdown(
     )
 
 
-def _page(title: str, blocks: list[str]) -> str:
-    """One self-contained HTML page: plotly.js once, then the blocks."""
-    from plotly.offline import get_plotlyjs
-
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        "<style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style>"
-        f"<script>{get_plotlyjs()}</script></head><body><h1>{html.escape(title)}</h1>"
-        + "\n".join(blocks)
-        + "</body></html>"
-    )
-
-
 def _write(out: Path, figures: dict, tables: dict[str, str], title: str, notes: list[str]):
     for name, fig in figures.items():  # plotly.min.js once beside them, for offline viewing
         fig.write_html(out / f"{name}.html", include_plotlyjs="directory")
     blocks = [f"<p>{html.escape(n)}</p>" for n in notes]
     blocks += [f"<h2>{html.escape(k)}</h2>{v}" for k, v in tables.items()]
     blocks += [fig.to_html(full_html=False, include_plotlyjs=False) for fig in figures.values()]
-    (out / "index.html").write_text(_page(title, blocks))
+    (out / "index.html").write_text(page(title, "\n".join(blocks), plotly=True))
 
 
-def ablation_report(ostudy: optuna.Study, out: Path) -> tuple[pd.DataFrame, str, dict]:
+def ablation_table(ostudy: optuna.Study) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(summary, cells, spec): one row per arm with its statistics against the baseline, one
+    row per finished cell, and what the ablation file said."""
     spec = _spec(ostudy)
     cells = cell_frame(spec, ostudy)
     table = stats.compare(cells, spec["baseline"], tuning.arm_lrs(spec, ostudy.user_attrs))
+    return table, cells, spec
+
+
+def ablation_report(ostudy: optuna.Study, out: Path) -> tuple[pd.DataFrame, str, dict]:
+    table, cells, spec = ablation_table(ostudy)
     cells.to_csv(out / "cells.csv", index=False)
     table.to_csv(out / "summary.csv", index=False)
     text = ablation_markdown(ostudy.study_name, spec, table, tuning.notes(spec, ostudy.user_attrs))
@@ -189,12 +184,6 @@ def ablation_report(ostudy: optuna.Study, out: Path) -> tuple[pd.DataFrame, str,
         notes,
     )
     return table, text, figures
-
-
-def _best_config(spec: dict, best: optuna.trial.FrozenTrial) -> str:
-    cfg = apply(Config(), spec["base"] | best.params, f"trial {best.number}")
-    head = f"# best trial {best.number}: value {best.value:.6g}; train with:\n"
-    return head + "#   python -m nin_search train --config best_config.toml\n" + to_toml(cfg)
 
 
 def sweep_report(ostudy: optuna.Study, out: Path) -> tuple[str, dict]:
@@ -230,7 +219,11 @@ def sweep_report(ostudy: optuna.Study, out: Path) -> tuple[str, dict]:
     if best is not None and "base" not in spec:
         notes.insert(0, "no best_config.toml: the study holds no settings; run `sweep` on it once")
     elif best is not None:
-        (out / "best_config.toml").write_text(_best_config(spec, best))
+        (out / "best_config.toml").write_text(
+            best_config(
+                spec, best, "best_config.toml", f"best trial {best.number}: value {best.value:.6g}"
+            )
+        )
         shown = ", ".join(f"{k}={v}" for k, v in best.params.items())
         notes.insert(
             0, f"best {spec['objective']} {best.value:.4f} (trial {best.number}: {shown})"

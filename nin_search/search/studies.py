@@ -9,8 +9,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
-from nin_search.engine.config import ConfigError
-from nin_search.search import budgets as pareto
+from nin_search.engine.config import Config, ConfigError, apply, to_toml
 from nin_search.search.storage import open_storage
 from nin_search.spec.space import grid
 from nin_search.spec.study import Study, directions
@@ -108,8 +107,21 @@ def open_study(study: Study, url: str) -> optuna.Study:
 
 def finished(study: Study, ostudy: optuna.Study) -> int:
     """Finished trials; for an ablation, the cells of its grid with a finished trial."""
-    trials = [t for t in ostudy.get_trials(deepcopy=False, states=FINISHED) if pareto.counted(t)]
+    trials = [t for t in ostudy.get_trials(deepcopy=False, states=FINISHED) if counted(t)]
     if not study.arms:
         return len(trials)
     grid = {(c["arm"], c["train.seed"]) for c in study.cells()}
     return len({(t.params.get("arm"), t.params.get("train.seed")) for t in trials} & grid)
+
+
+def best_config(spec: dict, trial: optuna.trial.FrozenTrial, file: str, what: str) -> str:
+    """A trial's config as a TOML file `train --config` takes, headed by what it is."""
+    cfg = apply(Config(), spec["base"] | trial.params, f"trial {trial.number}")
+    return f"# {what}; train with:\n#   python -m nin_search train --config {file}\n" + to_toml(
+        cfg
+    )
+
+
+def counted(trial) -> bool:
+    """Whether a finished trial counts towards n_trials: over-budget ones never trained."""
+    return "over_budget" not in trial.user_attrs

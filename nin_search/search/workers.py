@@ -66,8 +66,7 @@ def this_run(ostudy: optuna.Study) -> dict[TrialState, int]:
 def failure(study: Study, ostudy: optuna.Study) -> str | None:
     """Why this command's trials all failed or were over budget, or None: one finished (or none
     was started)."""
-    from nin_search.search.budgets import counted
-    from nin_search.search.studies import FINISHED
+    from nin_search.search.studies import FINISHED, counted
 
     mine = _mine(ostudy)
     if any(t.state in FINISHED and counted(t) for t in mine):
