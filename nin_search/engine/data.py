@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from nin_search.engine.config import ConfigError, DataConfig
+from nin_search.engine.errors import first_line
 
 NATIVE = 28  # (Fashion-)MNIST images are 28x28, one channel
 
@@ -193,7 +194,7 @@ def locate(cfg: DataConfig) -> tuple[str, dict[str, Path]]:
                 return "torchvision download (./data)", files
             tried.append("torchvision download: finished but left no IDX files in ./data")
         except Exception as e:  # any network or disk failure: report it with the others
-            tried.append(f"torchvision download into ./data failed: {str(e).splitlines()[0]}")
+            tried.append(f"torchvision download into ./data failed: {first_line(e)}")
     else:
         tried.append("torchvision download: skipped (NIN_SEARCH_OFFLINE=1)")
     raise DataError(

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from nin_search.engine.config import Config, flatten
+from nin_search.engine.errors import first_line
 
 FORMAT = "nin-search-snapshot/1"
 
@@ -67,10 +68,6 @@ def _say(path: Path, what: str) -> None:
     print(f"snapshot {path}: {what}", file=sys.stderr, flush=True)
 
 
-def _first(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-
-
 def save(path: Path, cfg: Config, epoch: int, history: list[dict], model, opt, sched, gen) -> bool:
     """The state after `epoch` finished, replacing the previous snapshot atomically. A snapshot
     is a convenience: a full disk or a folder it cannot write is one line on stderr and False
@@ -97,7 +94,7 @@ def save(path: Path, cfg: Config, epoch: int, history: list[dict], model, opt, s
         os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
         return True
     except (OSError, RuntimeError) as e:  # RuntimeError: torch's writer on a full disk
-        _say(path, f"not saved ({_first(e)}); this run goes on without snapshots")
+        _say(path, f"not saved ({first_line(e, 200)}); this run goes on without snapshots")
         return False
     finally:
         if tmp:
@@ -115,7 +112,7 @@ def resume(path: Path, cfg: Config, model, opt, sched, gen) -> list[dict] | None
     except (FileNotFoundError, NotADirectoryError):  # none yet: the usual case
         return []
     except Exception as e:  # a truncated or foreign file: start over rather than fail the run
-        _say(path, f"unreadable ({_first(e)}); training from epoch 1")
+        _say(path, f"unreadable ({first_line(e, 200)}); training from epoch 1")
         return []
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         _say(path, f"not a {FORMAT} file; training from epoch 1")
@@ -133,7 +130,7 @@ def resume(path: Path, cfg: Config, model, opt, sched, gen) -> list[dict] | None
             torch.cuda.set_rng_state(state["rng"]["cuda"], gen.device)
         return list(state["history"])
     except Exception as e:  # the model's code changed since it was written, say
-        _say(path, f"cannot be restored ({_first(e)}); removed, training from epoch 1")
+        _say(path, f"cannot be restored ({first_line(e, 200)}); removed, training from epoch 1")
         remove(path)
         return None
 
@@ -146,4 +143,4 @@ def remove(path: Path) -> None:
     except FileNotFoundError:
         pass
     except OSError as e:
-        _say(path, f"not removed ({_first(e)}); delete it by hand to free its space")
+        _say(path, f"not removed ({first_line(e, 200)}); delete it by hand to free its space")

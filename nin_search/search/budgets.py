@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nin_search.engine.errors import first_line
 from nin_search.search.studies import best_config, counted
 from nin_search.spec.objectives import BUDGETS, SIZES, reference
 from nin_search.spec.study import OBJECTIVES, Study, directions, is_multi
@@ -122,7 +123,7 @@ def log_front(study: Study, ostudy, parent: str) -> None:
         client.log_text(parent, frame.to_csv(index=False), "pareto_front.csv")
         client.set_tag(parent, "nin.pareto_trials", ",".join(map(str, sorted(frame["trial"]))))
     except mlflow.exceptions.MlflowException as e:
-        print(f"Pareto front not logged to MLflow ({str(e).splitlines()[0][:200]})")
+        print(f"Pareto front not logged to MLflow ({first_line(e, 200)})")
 
 
 def pareto_report(ostudy, spec: dict, out: Path) -> tuple[list[str], dict, dict[str, str], str]:
@@ -155,7 +156,7 @@ def pareto_report(ostudy, spec: dict, out: Path) -> tuple[list[str], dict, dict[
     try:
         figures["pareto_front"] = vis.plot_pareto_front(ostudy, target_names=names)
     except ValueError as e:  # 4+ objectives, or no complete trial
-        notes.append(f"pareto_front: not drawn ({str(e).splitlines()[0][:200]})")
+        notes.append(f"pareto_front: not drawn ({first_line(e, 200)})")
     acc = next((i for i, n in enumerate(names) if n in OBJECTIVES), 0)
     done = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     macs, measured, label = reference(spec)
@@ -172,7 +173,7 @@ def pareto_report(ostudy, spec: dict, out: Path) -> tuple[list[str], dict, dict[
         try:
             figures[name] = make(ostudy, target=lambda t: t.values[acc], target_name=names[acc])
         except (ValueError, RuntimeError, ZeroDivisionError) as e:
-            notes.append(f"{name}: not drawn ({str(e).splitlines()[0][:200]})")
+            notes.append(f"{name}: not drawn ({first_line(e, 200)})")
     text = _table(frame) if len(frame) else ""  # printed under the notes' first line
     return notes, figures, {"Pareto front": frame.to_html(index=False)}, text
 

@@ -9,11 +9,11 @@ from mlflow.exceptions import MlflowException
 from torch import nn
 
 from nin_search.engine.config import Config
+from nin_search.engine.errors import first_line
 from nin_search.spec.study import OBJECTIVES, Study
 from nin_search.tracking.models import (
     ALIAS,
     _exists,
-    _first,
     _model_of,
     delete_model,
     live_models,
@@ -56,7 +56,7 @@ def keep_trial(study: Study, trial, value: float, model: nn.Module, cfg: Config,
         note = f"; {dropped} worse kept model(s) deleted" if dropped else ""
         print(f"trial {trial.number}: model kept as models:/{model_id} ({size_text(size)}){note}")
     except (MlflowException, OSError, RuntimeError, ValueError) as e:
-        print(f"trial {trial.number}: model not kept: {_first(e)}")
+        print(f"trial {trial.number}: model not kept: {first_line(e, 200)}")
 
 
 def _drop_worse(study: Study, value: float, direction: str, keep: str) -> int:
@@ -122,7 +122,7 @@ def register_best(study: Study, ostudy) -> None:
                 if v.version != mv.version and not _exists(client, _model_of(v)):
                     client.delete_model_version(name, v.version)
     except MlflowException as e:
-        print(f"registry: not registered ({_first(e)})")
+        print(f"registry: not registered ({first_line(e, 200)})")
         return
     moved = f", moved from version {current.version}" if current is not None else ""
     print(

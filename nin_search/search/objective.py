@@ -25,6 +25,7 @@ import torch
 
 from nin_search.engine.config import ConfigError, flatten
 from nin_search.engine.data import Data, load_data
+from nin_search.engine.errors import first_line
 from nin_search.engine.model import check_input_size
 from nin_search.engine.snapshot import remove, snapshot_dir, snapshot_path
 from nin_search.engine.summary import summarize
@@ -225,7 +226,7 @@ def make_objective(
                     result = fit(cfg, data, on_epoch, snapshot=snapshot)
             except torch.cuda.OutOfMemoryError as e:  # this config does not fit: fail it, go on
                 remove(snapshot)  # it would run out of memory again
-                reason = f"out of memory: {str(e).splitlines()[0][:300]}"
+                reason = f"out of memory: {first_line(e, 300)}"
                 trial.set_user_attr("fail_reason", reason)
                 trial.set_user_attr("sample_rejected", True)  # a smaller sample may fit
                 mlflow.set_tag("nin.reason", reason)

@@ -21,6 +21,7 @@ import optuna
 import pandas as pd
 
 from nin_search.engine.config import ConfigError, read_toml
+from nin_search.engine.errors import first_line
 from nin_search.reports import plots, stats
 from nin_search.reports.pages import page
 from nin_search.search import arm_lr as tuning
@@ -211,7 +212,7 @@ def sweep_report(ostudy: optuna.Study, out: Path) -> tuple[str, dict]:
         try:
             figures[name] = make(ostudy)
         except (ValueError, RuntimeError, ZeroDivisionError) as e:  # too few trials for it
-            notes.append(f"{name}: not drawn ({str(e).splitlines()[0][:200]})")
+            notes.append(f"{name}: not drawn ({first_line(e, 200)})")
     try:
         best = ostudy.best_trial
     except ValueError:
@@ -317,7 +318,7 @@ def _log(ostudy: optuna.Study, out: Path, figures: dict) -> str:
         for name, fig in figures.items():
             client.log_figure(parent, fig, f"report/{name}.html")
     except mlflow.exceptions.MlflowException as e:
-        return f"not logged to MLflow ({str(e).splitlines()[0][:200]})"
+        return f"not logged to MLflow ({first_line(e, 200)})"
     return f"logged to MLflow parent run {parent} under report/"
 
 

@@ -29,6 +29,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from nin_search.engine.config import ConfigError
+from nin_search.engine.errors import first_line
 from nin_search.search.optuna_private import STALE_TRIAL_IDS
 from nin_search.stores.faults import _retry, _transient, store_failure
 from nin_search.stores.locks import JOURNAL_SUFFIXES, StoreLock
@@ -89,7 +90,7 @@ class _RDBStorage(optuna.storages.RDBStorage):
                 raise
             if store_failure(e) is None and not self.__dict__.get("_nin_beat_said"):
                 self._nin_beat_said = True
-                first = (str(e.__cause__ or e).strip().splitlines() or [type(e).__name__])[0]
+                first = first_line(e.__cause__ or e)
                 print(
                     f"storage {mask(self.url)}: heartbeat of trial {trial_id} not recorded "
                     f"({first[:200]})",
@@ -156,5 +157,5 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     except ConfigError:
         raise
     except Exception as e:  # sqlalchemy, driver and OS errors alike: the store is unusable
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise ConfigError(f"--storage {mask(url)} cannot be opened: {first[:300]}") from None

@@ -10,6 +10,7 @@ import optuna
 from optuna.trial import TrialState
 
 from nin_search.engine.config import Config, ConfigError, apply, to_toml
+from nin_search.engine.errors import first_line
 from nin_search.search.storage import open_storage
 from nin_search.spec.space import grid
 from nin_search.spec.study import Study, directions
@@ -99,7 +100,7 @@ def open_study(study: Study, url: str) -> optuna.Study:
     except ConfigError:
         raise
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise ConfigError(
             f"--storage {mask(url)}: study {study.name!r} cannot be opened: {first[:300]}"
         ) from None

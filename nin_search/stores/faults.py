@@ -12,6 +12,7 @@ import time
 import optuna
 
 from nin_search.engine.config import ConfigError
+from nin_search.engine.errors import first_line
 from nin_search.stores.urls import mask
 
 # a full disk or quota, a read-only or unwritable folder, a file where a folder belongs
@@ -36,7 +37,7 @@ def store_failure(e: BaseException) -> str | None:
             isinstance(link, OSError) and link.errno in WRITE_ERRNOS
         ):
             where = getattr(link, "filename", None)
-            what = getattr(link, "strerror", None) or str(link).splitlines()[0]
+            what = getattr(link, "strerror", None) or first_line(link)
             return (
                 f"a store failed mid-run: {what}{f': {where}' if where else ''}; free space or "
                 "make it writable, then rerun the same command (a sweep or ablation resumes)"
@@ -75,7 +76,7 @@ def _retry(url: str, call, state: dict | None = None, reset=lambda: None):
                 raise
             with contextlib.suppress(Exception):
                 reset()
-            first = (str(e.__cause__ or e).strip().splitlines() or [type(e).__name__])[0]
+            first = first_line(e.__cause__ or e)
             if state.get("gave_up") or waited >= RETRY_S:
                 state["gave_up"] = True
                 raise ConfigError(

@@ -18,6 +18,7 @@ from pathlib import Path
 import optuna
 
 from nin_search.engine.config import ConfigError
+from nin_search.engine.errors import first_line
 from nin_search.stores.faults import _retry
 from nin_search.stores.urls import check_db_url, mask
 
@@ -111,7 +112,7 @@ def _take(kind: str, where: str, key: str):
         conn = _retry(where, lock) if _engine(where).__dict__.get("_nin_seen") else lock()
         _engine(where).__dict__["_nin_seen"] = True
     except sqlalchemy.exc.SQLAlchemyError as e:  # unreachable, refused, bad password
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise ConfigError(f"--storage {mask(where)} cannot be opened: {first[:300]}") from None
     return conn.close  # ends the session, and with it the lock
 

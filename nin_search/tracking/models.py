@@ -26,6 +26,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from torch import nn
 
 from nin_search.engine.config import Config, ConfigError, apply, flatten
+from nin_search.engine.errors import first_line
 from nin_search.engine.model import build_model
 from nin_search.stores.urls import mask
 from nin_search.tracking.store import tracking_uri
@@ -54,10 +55,6 @@ class Loaded:
 
 def size_text(n: int) -> str:
     return f"{n / 2**20:.2f} MiB" if n >= 2**16 else f"{n / 2**10:.1f} KiB"
-
-
-def _first(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def _size(location: str, path: str | None = None) -> int:
@@ -183,7 +180,9 @@ def resolve(ref: str) -> tuple[str, str | None]:
             _check_live(ref, client.get_run(run_id))
         return model_id, run_id
     except MlflowException as e:
-        raise ConfigError(f"{ref!r}: not found in {mask(tracking_uri())}: {_first(e)}") from None
+        raise ConfigError(
+            f"{ref!r}: not found in {mask(tracking_uri())}: {first_line(e, 200)}"
+        ) from None
 
 
 def _check_live(ref: str, run) -> None:
@@ -206,7 +205,7 @@ def load(ref: str) -> Loaded:
         try:
             meta = Model.load(repo.download_artifacts("MLmodel", tmp))
         except (MlflowException, OSError) as e:
-            raise ConfigError(f"{ref}: not an MLflow model ({_first(e)})") from None
+            raise ConfigError(f"{ref}: not an MLflow model ({first_line(e, 200)})") from None
         extra = meta.flavors.get("pytorch", {}).get("extra_files", [])
         if {"path": f"extra_files/{WEIGHTS}"} not in extra:
             raise ConfigError(
@@ -216,7 +215,9 @@ def load(ref: str) -> Loaded:
         try:
             path = repo.download_artifacts(f"extra_files/{WEIGHTS}", tmp)
         except (MlflowException, OSError) as e:
-            raise ConfigError(f"{ref}: its {WEIGHTS} cannot be read ({_first(e)})") from None
+            raise ConfigError(
+                f"{ref}: its {WEIGHTS} cannot be read ({first_line(e, 200)})"
+            ) from None
         return _read(path, ref, model_id, run_id)
 
 
@@ -224,7 +225,9 @@ def _read(path: str, ref: str, model_id: str, run_id: str | None) -> Loaded:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, bad pickle opcode, disallowed global, ...
-        raise ConfigError(f"{ref}: {WEIGHTS} is corrupt or truncated ({_first(e)})") from None
+        raise ConfigError(
+            f"{ref}: {WEIGHTS} is corrupt or truncated ({first_line(e, 200)})"
+        ) from None
     keys = {"config", "input_size", "num_classes", "state_dict"}
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or not keys <= set(blob):
         raise ConfigError(f"{ref}: {WEIGHTS} is not a {FORMAT} file")
@@ -235,11 +238,11 @@ def _read(path: str, ref: str, model_id: str, run_id: str | None) -> Loaded:
     except ConfigError as e:
         raise (e if str(e).startswith(bad) else ConfigError(f"{bad}: {e}")) from None
     except (AttributeError, TypeError) as e:
-        raise ConfigError(f"{bad} ({_first(e)})") from None
+        raise ConfigError(f"{bad} ({first_line(e, 200)})") from None
     try:
         model.load_state_dict(blob["state_dict"])
     except (RuntimeError, KeyError, TypeError) as e:
         raise ConfigError(
-            f"{ref}: its weights do not fit the model its config builds ({_first(e)})"
+            f"{ref}: its weights do not fit the model its config builds ({first_line(e, 200)})"
         ) from None
     return Loaded(model.eval(), cfg, blob["input_size"], blob["num_classes"], model_id, run_id)

@@ -18,6 +18,7 @@ import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
 from nin_search.engine.config import Config, ConfigError, config_hash
+from nin_search.engine.errors import first_line
 from nin_search.stores.urls import check_db_url, mask
 
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
@@ -131,7 +132,7 @@ def _probe_db(uri: str, bad: str) -> None:
     try:
         engine.connect().close()
     except Exception as e:  # refused, unresolvable, silent, a bad password or database
-        first = (str(e.__cause__ or e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e.__cause__ or e)
         if u.password:  # drivers should not echo it; make sure
             first = first.replace(str(u.password), "***")
         raise ConfigError(f"{bad}: {first[:200]}") from None
@@ -197,7 +198,7 @@ def experiment_id(name: str) -> str:
                 raise
             return exp.experiment_id
     except (sqlalchemy.exc.SQLAlchemyError, mlflow.exceptions.MlflowException, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ConfigError(f"MLflow store {mask(uri)} cannot be used: {first[:200]}") from None
 
 
