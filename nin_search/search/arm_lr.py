@@ -29,7 +29,8 @@ from optuna.trial import TrialState
 from nin_search.engine.config import apply, flatten
 from nin_search.engine.train import resolve_device, resolved
 from nin_search.search import optuna_private as private
-from nin_search.search.objective import DataCache, check_ctrl_c, deferred_ctrl_c, interruptible
+from nin_search.search.interrupts import check_ctrl_c, deferred_ctrl_c, interruptible
+from nin_search.search.objective import DataCache
 from nin_search.spec.space import Param
 from nin_search.spec.study import OBJECTIVES, Study, with_params
 from nin_search.stores.locks import StoreLock

@@ -29,7 +29,8 @@ from optuna.storages import fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
 from nin_search.search import optuna_private as private
-from nin_search.search.objective import TrialRejected, check_ctrl_c, deferred_ctrl_c
+from nin_search.search.interrupts import check_ctrl_c, deferred_ctrl_c
+from nin_search.search.objective import TrialRejected
 from nin_search.search.storage import heartbeat_s
 from nin_search.spec.study import Study
 from nin_search.stores.locks import StoreLock
