@@ -39,8 +39,7 @@ from nin_search.engine.config import load_config
 from nin_search.engine.curve import Curve, median_curve, suggest
 from nin_search.engine.data import load_data
 from nin_search.engine.lr_finder import _stream, range_test
-from nin_search.engine.model import build_model
-from nin_search.engine.train import make_optimizer, resolve_device, resolve_precision
+from nin_search.engine.train import resolve_device, resolve_precision, seeded_start
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from lr_finder_regret import CACHE as REGRET_CACHE  # noqa: E402
@@ -64,11 +63,7 @@ RULES = ("lowest/zero-phase", "valley/ema")  # ours (the default under onecycle)
 def forced_test(cfg, data, seed: int, precision: str) -> Curve:
     """The engine's seeded_test at a given precision: bf16 even where it is emulated (the engine
     refuses that), so that the precision's effect can be told from the host's."""
-    torch.manual_seed(seed)
-    gen = torch.Generator(device=data.train_x.device).manual_seed(seed)
-    model = build_model(cfg.model, data.input_size, 1, data.num_classes)
-    model = model.to(data.train_x.device, memory_format=torch.channels_last)
-    opt = make_optimizer(cfg.train, model.parameters())
+    gen, model, opt = seeded_start(cfg, data, seed)
     crit = torch.nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
     stream = _stream(data, cfg, gen)
     return range_test(model, opt, stream, cfg.lr_finder, crit, None, gen, False, precision)

@@ -24,8 +24,7 @@ from nin_search.engine.config import Config, LRFinderConfig, finder_rule
 from nin_search.engine.cpu_memory import keep_cpu_memory, release_cpu_memory
 from nin_search.engine.curve import Curve, Finding, median_curve, no_descent_advice, suggest
 from nin_search.engine.data import Data, batches
-from nin_search.engine.model import build_model
-from nin_search.engine.train import autocast, make_optimizer, resolve_precision, tqdm, train_step
+from nin_search.engine.train import autocast, resolve_precision, seeded_start, tqdm, train_step
 
 
 def schedule(c: LRFinderConfig) -> list[float]:
@@ -137,11 +136,7 @@ def seeded_test(
     """One range test from a fresh model and data order seeded with seed, at train.precision
     resolved for the device."""
     device = data.train_x.device
-    torch.manual_seed(seed)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    model = build_model(cfg.model, data.input_size, 1, data.num_classes)
-    model = model.to(device, memory_format=torch.channels_last)  # as fit() trains it
-    opt = make_optimizer(cfg.train, model.parameters())
+    gen, model, opt = seeded_start(cfg, data, seed)  # as fit() starts
     crit = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
     precision = resolve_precision(cfg.train.precision, device)
     stream = _stream(data, cfg, gen)

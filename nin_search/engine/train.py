@@ -222,17 +222,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _start(cfg: Config, data: Data, steps: int):
-    """The seeded generator, model, optimizer and schedule of a run's first step."""
+def seeded_start(cfg: Config, data: Data, seed: int | None = None):
+    """The seeded generator, model and optimizer of a run's first step (fit's, and each of the
+    lr-finder's range tests); seed defaults to train.seed."""
     t, device = cfg.train, data.train_x.device
-    torch.manual_seed(t.seed)  # weight init and dropout
-    gen = torch.Generator(device=device).manual_seed(t.seed)  # batch order and augmentation
+    seed = t.seed if seed is None else seed
+    torch.manual_seed(seed)  # weight init and dropout
+    gen = torch.Generator(device=device).manual_seed(seed)  # batch order and augmentation
     # channels_last on both devices: cuDNN's and oneDNN's fastest convolutions for this network
     # (2-core CPU: 1.25-1.72x less time per fp32 step than NCHW; benchmarks/memory_format.py)
     model = build_model(cfg.model, data.input_size, 1, data.num_classes)
     model = model.to(device, memory_format=torch.channels_last)
-    opt = make_optimizer(t, model.parameters())
-    return gen, model, opt, make_schedule(t, opt, steps)
+    return gen, model, make_optimizer(t, model.parameters())
 
 
 def fit(
@@ -253,10 +254,12 @@ def fit(
         keep_cpu_memory()  # reuse the step's large buffers (cpu_memory.py)
     images = train_images(len(data.train_x), t.batch_size)  # a lone last image is dropped
     steps = math.ceil(images / t.batch_size)
-    gen, model, opt, sched = _start(cfg, data, steps)
+    gen, model, opt = seeded_start(cfg, data)
+    sched = make_schedule(t, opt, steps)
     done = snapshots.resume(snapshot, cfg, model, opt, sched, gen) if snapshot else []
     if done is None:  # restoring failed part-way: begin again from freshly seeded objects
-        gen, model, opt, sched = _start(cfg, data, steps)
+        gen, model, opt = seeded_start(cfg, data)
+        sched = make_schedule(t, opt, steps)
         done = []
     if cuda:
         torch.backends.cudnn.benchmark = True
