@@ -9,12 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nin_search.engine.config import ConfigError
-from nin_search.engine.data import Data, batches
-from nin_search.engine.train import EVAL_BATCH, autocast, resolve_precision
+from nin_search.engine.data import Data
+from nin_search.engine.train import predict, resolve_precision
 
 CLASSES = {
     "fashion-mnist": (
@@ -55,26 +54,10 @@ class Evaluation:
 
 
 @torch.no_grad()
-def predict(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: Data, precision: str
-) -> tuple[float, float, torch.Tensor]:
-    """(mean loss, accuracy, predictions) over (x, y): train.evaluate's batches, autocast and
-    sums in the same order, so loss and accuracy are exactly what it returns."""
-    model.eval()
-    loss = torch.zeros((), device=x.device)
-    preds = []
-    for xb, yb in batches(x, y, EVAL_BATCH.get(x.device.type, 1024), data.cfg):
-        with autocast(x.device, precision):
-            logits = model(xb).float()
-        loss += F.cross_entropy(logits, yb, reduction="sum")
-        preds.append(logits.argmax(1))
-    pred = torch.cat(preds)
-    return loss.item() / len(x), (pred == y).sum().item() / len(x), pred.cpu()
-
-
 def evaluate_split(model: nn.Module, data: Data, split: str, precision: str) -> Evaluation:
     x, y = (data.test_x, data.test_y) if split == "test" else (data.val_x, data.val_y)
-    loss, acc, preds = predict(model, x, y, data, precision)
+    loss, acc, preds = predict(model, x, y, data, precision)  # as fit validates
+    preds = preds.cpu()
     classes = CLASSES[data.cfg.dataset][: data.num_classes]
     return Evaluation(split, loss, acc, y.cpu(), preds, x.cpu(), classes, precision)
 

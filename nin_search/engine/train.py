@@ -190,19 +190,29 @@ def make_schedule(t: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: i
 
 
 @torch.no_grad()
-def evaluate(
+def predict(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: Data, precision: str = "fp32"
-) -> tuple[float, float]:
-    """(mean loss, accuracy) over (x, y) at the given resolved precision; one host sync."""
+) -> tuple[float, float, torch.Tensor]:
+    """(mean loss, accuracy, predicted classes on x's device) over (x, y) at the given resolved
+    precision; one host sync."""
     model.eval()
     loss = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    preds = []
     for xb, yb in batches(x, y, EVAL_BATCH.get(x.device.type, 1024), data.cfg):
         with autocast(x.device, precision):
             logits = model(xb).float()
         loss += nn.functional.cross_entropy(logits, yb, reduction="sum")
-        correct += (logits.argmax(1) == yb).sum()
-    return loss.item() / len(x), correct.item() / len(x)
+        preds.append(logits.argmax(1))
+    pred = torch.cat(preds)
+    return loss.item() / len(x), (pred == y).sum().item() / len(x), pred
+
+
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: Data, precision: str = "fp32"
+) -> tuple[float, float]:
+    """(mean loss, accuracy) over (x, y): predict's, without the predictions."""
+    loss, acc, _ = predict(model, x, y, data, precision)
+    return loss, acc
 
 
 def train_step(model, opt, criterion, xb, yb, device: torch.device, precision: str = "fp32"):
