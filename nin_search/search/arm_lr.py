@@ -22,6 +22,8 @@ left it RUNNING, is failed by the next. The first choice kept for an arm stands.
 
 from __future__ import annotations
 
+import dataclasses
+
 import mlflow
 import optuna
 from optuna.trial import TrialState
@@ -83,29 +85,32 @@ def notes(spec: dict, attrs: dict) -> list[str]:
     return out
 
 
-def apply_records(study: Study, attrs: dict) -> None:
-    """Set study.arm_lr / lr_how / skipped from the kept choices; an arm not tuned yet (a worker
-    started before its tuning ended) is skipped by this process."""
+def apply_records(study: Study, attrs: dict) -> Study:
+    """The study with each arm's kept choice: its lr and how it was chosen, or why it is
+    skipped (an arm not tuned yet, by a worker started before its tuning ended, is skipped by
+    this process), and the cells that remain as its target. The study file's own is unchanged."""
     if not study.per_arm:
-        return
+        return study
     tuned = records(attrs)
+    arm_lr, lr_how, skipped = {}, {}, {}
     for arm in study.arms:
         rec = tuned.get(arm)
         if rec is None:
-            study.skipped[arm] = "its lr is not tuned yet"
+            skipped[arm] = "its lr is not tuned yet"
         elif rec.get("lr") is None:
-            study.skipped[arm] = rec["message"]
+            skipped[arm] = rec["message"]
         else:
-            study.skipped.pop(arm, None)
-            study.arm_lr[arm], study.lr_how[arm] = rec["lr"], rec["how"]
-    study.n_trials = len(study.cells())
+            arm_lr[arm], lr_how[arm] = rec["lr"], rec["how"]
+    chosen = dataclasses.replace(study, arm_lr=arm_lr, lr_how=lr_how, skipped=skipped)
+    return dataclasses.replace(chosen, n_trials=len(chosen.cells()))
 
 
-def tune_arms(study: Study, ostudy: optuna.Study, url: str, exp_id: str, parent: str) -> None:
-    """Tune every arm not tuned yet, keep each choice on the study, then apply them."""
+def tune_arms(study: Study, ostudy: optuna.Study, url: str, exp_id: str, parent: str) -> Study:
+    """Tune every arm not tuned yet and keep each choice on the Optuna study; the study with
+    the choices applied (apply_records)."""
     spec = study.per_arm.get("train.lr")
     if not spec:
-        return
+        return study
     cache = DataCache()
 
     def kept() -> dict:
@@ -134,7 +139,7 @@ def tune_arms(study: Study, ostudy: optuna.Study, url: str, exp_id: str, parent:
         print(f"arm {arm}: train.lr {shown} ({rec['how']})", flush=True)
     attrs = kept()
     log_choices(attrs, parent)  # also those kept by a command killed before it logged them
-    apply_records(study, attrs)
+    return apply_records(study, attrs)
 
 
 def log_choices(attrs: dict, parent: str) -> None:
@@ -220,8 +225,9 @@ def tuning_study(study: Study, arm: str, spec: dict) -> Study:
 def _search(
     study: Study, arm: str, spec: dict, url: str, exp_id: str, parent: str, cache: DataCache
 ) -> dict:
+    from nin_search.search.kinds import finished
     from nin_search.search.objective import make_objective
-    from nin_search.search.studies import finished, open_study
+    from nin_search.search.studies import open_study
     from nin_search.search.workers import work
 
     tune = tuning_study(study, arm, spec)

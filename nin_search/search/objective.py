@@ -32,6 +32,7 @@ from nin_search.engine.summary import summarize
 from nin_search.engine.train import evaluate, fit, resolve_device, resolved
 from nin_search.search import budgets as pareto
 from nin_search.search.interrupts import deferred, interruptible
+from nin_search.search.kinds import kind_of
 from nin_search.spec.space import Param
 from nin_search.spec.study import OBJECTIVES, Study, is_multi, with_params
 from nin_search.spec.study import values as values_of
@@ -160,7 +161,7 @@ def run_trial(ctx: Context, trial: optuna.Trial) -> float | tuple[float, ...]:
         return value
     except KeyboardInterrupt:
         state = "interrupted"  # an ablation reruns the cell from its snapshot; a sweep
-        if not study.arms and snapshot:  # does not rerun it: nothing would read it
+        if not kind_of(study).reruns_interrupted and snapshot:  # nothing would read it
             remove(snapshot)
         raise
     finally:  # a store that fails mid-run: end the run if it still can (not RUNNING)
@@ -174,12 +175,8 @@ def run_trial(ctx: Context, trial: optuna.Trial) -> float | tuple[float, ...]:
 
 def _claim_cell(trial: optuna.Trial, study: Study) -> None:
     """An ablation's trial holds the cell CellSampler gave it, or fails untrained."""
-    if not study.arms:
-        return
-    from nin_search.search.cells import has_cell
-
-    if not has_cell(trial):
-        reason = "no free cell: the others are finished or running elsewhere"
+    reason = kind_of(study).claim(trial)
+    if reason:
         trial.set_user_attr("fail_reason", reason)
         raise TrialRejected(reason)
 

@@ -106,15 +106,6 @@ def open_study(study: Study, url: str) -> optuna.Study:
         ) from None
 
 
-def finished(study: Study, ostudy: optuna.Study) -> int:
-    """Finished trials; for an ablation, the cells of its grid with a finished trial."""
-    trials = [t for t in ostudy.get_trials(deepcopy=False, states=FINISHED) if counted(t)]
-    if not study.arms:
-        return len(trials)
-    grid = {(c["arm"], c["train.seed"]) for c in study.cells()}
-    return len({(t.params.get("arm"), t.params.get("train.seed")) for t in trials} & grid)
-
-
 def best_config(spec: dict, trial: optuna.trial.FrozenTrial, file: str, what: str) -> str:
     """A trial's config as a TOML file `train --config` takes, headed by what it is."""
     cfg = apply(Config(), spec["base"] | trial.params, f"trial {trial.number}")

@@ -24,9 +24,10 @@ from nin_search.engine.config import ConfigError, flatten
 from nin_search.engine.model import check_input_size, spatial_trace
 from nin_search.engine.train import resolved
 from nin_search.search import budgets as pareto
+from nin_search.search.kinds import finished, kind_of
 from nin_search.search.objective import DataCache, make_objective
 from nin_search.search.storage import DEFAULT_STORAGE, open_storage
-from nin_search.search.studies import finished, make_sampler, open_study
+from nin_search.search.studies import make_sampler, open_study
 from nin_search.search.workers import command_id, fail_stale, failure, spawn, this_run, work
 from nin_search.spec.ablation import check_same_ablation
 from nin_search.spec.space import Param
@@ -167,16 +168,13 @@ def run_sweep(
     before = _counts(ostudy)
     done = finished(study, ostudy)
     best_before = _best(ostudy)
-    before_spec = ostudy.user_attrs.get("nin_spec")
-    if study.arms and before_spec and before_spec.get("final_eval"):
-        study.final_eval = True  # started with --final-eval: every later cell is tested too
+    before_spec = ostudy.user_attrs.get("nin_spec") or {}
+    kind = kind_of(study)
+    study = kind.resumed(study, before_spec)
+    unit = kind.unit
     if not worker:
-        check_same_ablation(study, before_spec)
-        now_spec = spec(study)
-        if before_spec and study.arms:  # the report covers every seed ever asked for
-            now_spec["seeds"] = list(dict.fromkeys(before_spec["seeds"] + study.seeds))
-        ostudy.set_user_attr("nin_spec", now_spec)
-        unit = "cells" if study.arms else "trials"
+        check_same_ablation(study, before_spec or None)
+        ostudy.set_user_attr("nin_spec", kind.kept_spec(study, before_spec, spec(study)))
         precision = resolved(study.base_config()).train.precision
         print(
             f"study {study.name!r} at {mask(url)}: {done} of {target} {unit} finished; "
@@ -187,9 +185,9 @@ def run_sweep(
         from nin_search.search.arm_lr import apply_records, tune_arms
 
         if worker:
-            apply_records(study, ostudy.user_attrs)
+            study = apply_records(study, ostudy.user_attrs)
         else:
-            tune_arms(study, ostudy, url, exp_id, parent)
+            study = tune_arms(study, ostudy, url, exp_id, parent)
         target, done = study.n_trials, finished(study, ostudy)
     if done >= target:
         if not worker:
@@ -212,7 +210,7 @@ def run_sweep(
         return code
     final = optuna.load_study(study_name=study.name, storage=open_storage(url))
     _summary(study, final, url, target, before, best_before, parent)
-    if not study.arms and study.keep_models != "none":  # models:/NAME@best: the best trial
+    if kind.has_best and study.keep_models != "none":  # models:/NAME@best: the best trial
         from nin_search.search.keep import register_best
 
         register_best(study, final)
@@ -247,7 +245,7 @@ def space_fits(study: Study) -> tuple[bool | None, ConfigError | None]:
     geometry alone, and each rule between keys (momentum with nesterov or adam, lr_finder's
     start and end) holds at one end of a range if anywhere. Past SPACE_CHECKS combinations
     the trials say it instead."""
-    if study.arms:
+    if not kind_of(study).checks_space:
         return None, None  # an ablation's arms are checked one by one (ablation.check_arms)
     # the keys that can change the network's geometry vary fastest (product's last axes), so
     # the first SPACE_CHECKS combinations cover every geometry if there are not too many
@@ -290,7 +288,7 @@ def _summary(
         f"{now[TrialState.PRUNED]} pruned, {now[TrialState.FAIL]} failed); "
         f"in total {done} finished of {target} targeted, {after[TrialState.FAIL]} failed"
     )
-    best = _best(ostudy) if not study.arms else None  # an ablation has no "best": see below
+    best = _best(ostudy) if kind_of(study).has_best else None  # an ablation has none: below
     if best is not None:
         params = ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items()

@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nin_search.search import optuna_private as private
 from nin_search.search.interrupts import check_ctrl_c, deferred_ctrl_c
+from nin_search.search.kinds import finished, kind_of
 from nin_search.search.objective import TrialRejected
 from nin_search.search.storage import heartbeat_s
 from nin_search.spec.study import Study
@@ -78,7 +79,7 @@ def failure(study: Study, ostudy: optuna.Study) -> str | None:
         for t in mine
         if t.state == TrialState.FAIL and t.system_attrs.get("nin_cell", {}) is not None
     ]
-    unit = "cells" if study.arms else "trials"
+    unit = kind_of(study).unit
     if failed:
         reason = failed[0].user_attrs.get("fail_reason", "see the log above")
         return (
@@ -107,9 +108,6 @@ def fail_stale(ostudy: optuna.Study) -> None:
 
 def _next(study: Study, ostudy: optuna.Study, target: int) -> str:
     """'run' a trial, 'wait' for the running ones, or 'done'; asked under the store's lock."""
-    from nin_search.search.cells import free_cells
-    from nin_search.search.studies import finished
-
     trials = ostudy.get_trials(deepcopy=False)
     done = finished(study, ostudy)
     if done >= target:
@@ -119,10 +117,7 @@ def _next(study: Study, ostudy: optuna.Study, target: int) -> str:
     # without heartbeats (a journal file) a dead worker's trial looks running for ever: ignore
     # running trials there, as before (workers may then overshoot the target)
     running = sum(_alive(t) for t in trials) if heartbeats(ostudy) else 0
-    if study.arms:
-        if free_cells(ostudy, study.cells()):
-            return "run"
-    elif done + running < target:
+    if kind_of(study).may_start(study, ostudy, done, running, target):
         return "run"
     return "wait" if running else "done"
 
@@ -194,7 +189,7 @@ def work(
                 return
             # a grid sampler with every point visited stops the study (CellSampler's stop is
             # only a hint: _next knows whether a cell may still come free)
-            if step == "done" or (private.stop_requested(ostudy) and not study.arms):
+            if step == "done" or (private.stop_requested(ostudy) and kind_of(study).sampler_stops):
                 return
             if step == "wait":
                 _sleep(POLL_S)
