@@ -9,6 +9,7 @@ arrow (a lazy import still ties the two modules together). Layers, bottom first:
     stores    the databases and files MLflow and Optuna write: URLs (masked), locks, faults
     tracking  MLflow: the store, tracked runs, logged models
     search    Optuna: storages, studies, trials, workers, budgets, study reports
+    api       the public Python API: functions that return values, the CLI's work
     cli       argument parsing and the one-line messages
 and the package's face (nin_search/__init__.py, __main__.py) above them all.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parents[1] / "nin_search"
-LAYERS = ["engine", "spec", "reports", "stores", "tracking", "search", "cli"]
+LAYERS = ["engine", "spec", "reports", "stores", "tracking", "search", "api", "cli"]
 FACE = len(LAYERS)  # nin_search/__init__.py and __main__.py
 
 

@@ -16,7 +16,7 @@ import argparse
 import logging
 import sys
 
-from nin_search.engine.config import ConfigError, load_config, resolve_profile
+from nin_search.engine.config import ConfigError
 
 STORAGE_HELP = (
     "Optuna storage URL (default $NIN_SEARCH_STORAGE or sqlite:///mlruns/optuna.db); "
@@ -54,6 +54,13 @@ def _common(p: argparse.ArgumentParser, profile_default: str | None) -> None:
     )
 
 
+def _seeds(text: str) -> int | list[int]:
+    """--seeds 3 (the file's first three) or --seeds 0,1 (these)."""
+    if "," in text:
+        return [int(x) for x in text.split(",") if x.strip()]
+    return int(text)
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="nin-search", description=__doc__.splitlines()[0])
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -85,7 +92,11 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ablate", help="every arm x seed once, paired statistics, plots")
     p.add_argument("study", metavar="ABLATION.toml")
-    p.add_argument("--seeds", type=int, help="number of seeds (default: the file's list)")
+    p.add_argument(
+        "--seeds",
+        type=_seeds,
+        help="number of seeds, or the seeds themselves as 0,1,2 (default: the file's list)",
+    )
     p.add_argument(
         "--final-eval",
         action="store_true",
@@ -117,140 +128,97 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _resolve(args: argparse.Namespace):
-    profile = resolve_profile(args.profile, _cuda() if args.profile == "auto" else False)
-    note = ""
-    if args.profile == "auto":
-        why = (
-            "a CUDA device is available"
-            if profile == "d2l"
-            else "no CUDA device; the d2l profile takes hours on a CPU"
-        )
-        note = f"profile: {profile} (auto: {why})"
-    elif profile:
-        note = f"profile: {profile}"
-    return load_config(args.config, args.overrides, profile), note
-
-
 def _train(args: argparse.Namespace) -> int:
-    from nin_search.tracking.runs import train_run
+    from nin_search.api.runs import train
+    from nin_search.tracking.runs import logged_line
+    from nin_search.tracking.store import tracking_uri
 
-    cfg, note = _resolve(args)
-    return train_run(cfg, args.experiment, args.final_eval, note)
+    # the store as given: MLflow's set_tracking_uri puts its absolute form in the environment
+    uri = tracking_uri()
+    run = train(
+        args.profile,
+        args.config,
+        args.overrides,
+        experiment=args.experiment,
+        final_eval=args.final_eval,
+    )
+    print(logged_line(run.run_id, uri))
+    return 1 if run.status == "diverged" else 0
 
 
 def _lr_finder(args: argparse.Namespace) -> int:
-    from nin_search.tracking.runs import lr_finder_run
+    from nin_search.api.runs import find_lr
+    from nin_search.tracking.runs import finder_lines
+    from nin_search.tracking.store import tracking_uri
 
-    cfg, note = _resolve(args)
-    finding, _ = lr_finder_run(cfg, args.out, args.experiment, note)
+    uri = tracking_uri()  # as given, before MLflow resolves it
+    found = find_lr(
+        args.profile, args.config, args.overrides, experiment=args.experiment, out=args.out
+    )
+    print(*finder_lines(found.folder, found.run_id, uri), sep="\n")
     return 0
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from nin_search.engine.summary import format_summary, measure_cuda_peak, summarize
+    from nin_search.api.runs import measure
+    from nin_search.engine.summary import format_summary
 
-    cfg, _ = _resolve(args)
-    s = summarize(cfg)
-    if _cuda():
-        s["memory"]["measured_train_peak_bytes"] = measure_cuda_peak(cfg)
-    print(format_summary(s, args.format))
+    print(format_summary(measure(args.profile, args.config, args.overrides), args.format))
     return 0
 
 
 def _duration(text: str | None) -> float | None:
-    if text is None:
-        return None
-    import pandas as pd
+    from nin_search.api.studies import duration
 
-    try:
-        seconds = (
-            float(text)
-            if text.replace(".", "", 1).isdigit()
-            else (pd.Timedelta(text).total_seconds())
-        )
-    except ValueError:
-        seconds = -1
-    if not 0 < seconds < float("inf"):  # nan and NaT compare False: refused too
-        raise ConfigError(f"--timeout {text!r}: expected a positive duration like 90m, 2h, 3600")
-    return seconds
+    return duration(text)
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from nin_search.engine.config import parse_overrides
-    from nin_search.engine.data import check_data
-    from nin_search.engine.train import resolved
-    from nin_search.search.storage import heartbeat_s, storage_url
-    from nin_search.search.sweep import check_space, run_sweep
-    from nin_search.spec.study import load_study
-    from nin_search.tracking.store import check_tracking
+    from nin_search.api.studies import run_study
 
-    if args.workers < 1 or (args.n_trials is not None and args.n_trials < 1):
-        raise ConfigError("--workers and --n-trials must be >= 1")
-    study = load_study(args.study, parse_overrides(args.overrides))
-    # exit 2 before anything is written: device and precision, the data, the MLflow store and
-    # $NIN_SEARCH_HEARTBEAT_S (run_sweep makes mlruns/ before it opens the Optuna store)
-    resolved(study.base_config())
-    check_space(study)  # a search whose every sample the network cannot take
-    check_data(study.base_config().data)
-    check_tracking()
-    heartbeat_s()
-    url = storage_url(args.storage)
-    # no --storage on the workers' command lines (ps shows them to every user): workers.spawn hands
-    # the URL over in $NIN_SEARCH_STORAGE
+    # the workers' command line: this one's, with its --set values as typed
     tail = ["sweep", args.study] + [f"--set={o}" for o in args.overrides]
     if args.n_trials:
         tail += ["--n-trials", str(args.n_trials)]
     if args.timeout:
         tail += ["--timeout", args.timeout]
-    timeout = _duration(args.timeout)
-    return run_sweep(study, url, args.n_trials, timeout, args.workers, tail, args.worker)
+    code, _, _ = run_study(
+        args.study,
+        args.n_trials,
+        args.timeout,
+        args.storage,
+        args.workers,
+        args.overrides,
+        tail,
+        args.worker,
+    )
+    return code  # 1 where nothing finished, its reason the last line (run_sweep says it)
 
 
 def _ablate(args: argparse.Namespace) -> int:
-    from nin_search.engine.config import parse_overrides
-    from nin_search.engine.data import check_data
-    from nin_search.search.storage import heartbeat_s, storage_url
-    from nin_search.search.sweep import run_sweep
-    from nin_search.spec.ablation import check_arms, load_ablation
-    from nin_search.tracking.store import check_tracking
+    from nin_search.api.studies import run_ablation
 
-    if args.workers < 1:
-        raise ConfigError(f"--workers {args.workers} is not allowed; expected >= 1")
-    study = load_ablation(args.study, parse_overrides(args.overrides), args.seeds)
-    study.final_eval = args.final_eval
-    # exit 2 before anything is written: the data, an arm the network or the data cannot
-    # take (device and precision too), the MLflow store, $NIN_SEARCH_HEARTBEAT_S
-    check_data(study.base_config().data, study.final_eval)
-    check_arms(study)
-    check_tracking()
-    heartbeat_s()
-    url = storage_url(args.storage)
-    tail = ["ablate", args.study] + [f"--set={o}" for o in args.overrides]
-    tail += ["--seeds", str(len(study.seeds))] + (["--final-eval"] if args.final_eval else [])
-    code = run_sweep(study, url, None, None, args.workers, tail, args.worker)
-    if args.worker:
-        return code
-    from nin_search.search.report import load, report
-    from nin_search.search.workers import failure
-
-    final = load(study.name, url)
-    if code and failure(study, final):  # nothing finished: run_sweep's error stays the last line
-        return code
-    report(final)
+    tail = ["ablate", args.study] + [f"--set={o}" for o in args.overrides]  # + --seeds
+    code, _, _ = run_ablation(
+        args.study,
+        args.seeds,
+        args.storage,
+        args.workers,
+        args.overrides,
+        args.final_eval,
+        tail,
+        args.worker,
+    )
     return code
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from nin_search.tracking.evaluate import evaluate_command
+    from nin_search.api.runs import evaluate
+    from nin_search.tracking.evaluate import report_line
 
-    return evaluate_command(args.model, args.split, args.out, args.images)
+    ev = evaluate(args.model, args.split, out=args.out, images=args.images)
+    print(report_line(ev.folder, ev.run_id, ev.split))
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -20,7 +20,15 @@ from typing import Any
 
 
 class ConfigError(ValueError):
-    """A user's mistake in a config file, a --set override or a study file (exit code 2)."""
+    """A user's mistake in a config file, a --set override or a study file (exit code 2).
+
+    Its message is the one line the command prints after "error: ":
+
+        try:
+            ns.train(overrides={"train.lr": -1.0})
+        except ns.ConfigError as e:
+            print(e)  # --set: train.lr = -1.0 is not allowed; expected a finite number in ...
+    """
 
 
 def _f(
@@ -302,9 +310,14 @@ def resolve_profile(profile: str | None, cuda: bool) -> str | None:
 
 
 def load_config(
-    path: str | None = None, overrides: list[str] | None = None, profile: str | None = None
+    path: str | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    profile: str | None = None,
 ) -> Config:
-    """Defaults, then the profile, then the TOML file, then --set overrides; all validated."""
+    """Defaults, then the profile, then the TOML file, then --set overrides; all validated.
+
+    overrides: --set's KEY=VALUE strings, or {dotted key: value} (the Python API's), checked
+    alike and named "--set" in a message, so that both say the same line."""
     cfg = Config()
     if profile and profile not in PROFILES:
         raise ConfigError(f"--profile {profile!r}: expected one of {', '.join(PROFILES)}")
@@ -313,7 +326,8 @@ def load_config(
     if path:
         cfg = apply(cfg, flatten_toml(read_toml(path), path), path)
     if overrides:
-        cfg = apply(cfg, parse_overrides(overrides), "--set")
+        values = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+        cfg = apply(cfg, values, "--set")
     return cfg
 
 

@@ -28,7 +28,7 @@ ABLATION_KEYS = {
 
 
 def load_ablation(
-    path: str, overrides: dict[str, Any] | None = None, n_seeds: int | None = None
+    path: str, overrides: dict[str, Any] | None = None, n_seeds: int | list[int] | None = None
 ) -> Study:
     """An ablation file: shared settings, one [arms.NAME] table of dotted overrides per arm.
 
@@ -45,7 +45,8 @@ def load_ablation(
         [params]                          # optional: each arm at its own lr (space.per_arm)
         "train.lr" = { per_arm = "lr-finder" }
 
-    n_seeds (--seeds N) keeps the file's first N seeds, or adds the next unused integers.
+    n_seeds (--seeds N) keeps the file's first N seeds, or adds the next unused integers; a
+    list (--seeds 0,1 or the Python API's seeds=[0, 1]) replaces the file's seeds.
     """
     doc = read_toml(path)
     if isinstance(doc.get("objective"), list):  # a sweep's Pareto form; a cell has one value
@@ -55,16 +56,17 @@ def load_ablation(
         )
     name, profile, objective = header(path, doc, ABLATION_KEYS, "final_val_acc")
     seeds = doc.get("seeds", [0, 1, 2])
-    if (
-        not isinstance(seeds, list)
-        or not seeds
-        or any(type(x) is not int or x < 0 for x in seeds)
-        or len(set(seeds)) != len(seeds)
-    ):
+    if not _distinct(seeds):
         raise ConfigError(
             f"{path}: seeds = {seeds!r} is not allowed; expected a list of distinct integers >= 0"
         )
-    if n_seeds is not None:
+    if isinstance(n_seeds, list):
+        if not _distinct(n_seeds):
+            raise ConfigError(
+                f"--seeds {n_seeds!r} is not allowed; expected distinct integers >= 0"
+            )
+        seeds = list(n_seeds)
+    elif n_seeds is not None:
         if n_seeds < 1:
             raise ConfigError(f"--seeds {n_seeds} is not allowed; expected >= 1")
         extra = [x for x in range(max(seeds) + 1 + n_seeds) if x not in seeds]
@@ -125,6 +127,16 @@ def load_ablation(
     for arm in arms:  # every arm must be a valid config on the shared settings
         with_params(study, {"arm": arm}, f"{path}: [arms.{arm}]")
     return study
+
+
+def _distinct(seeds: Any) -> bool:
+    """A non-empty list of distinct integers >= 0."""
+    return (
+        isinstance(seeds, list)
+        and bool(seeds)
+        and all(type(x) is int and x >= 0 for x in seeds)
+        and len(set(seeds)) == len(seeds)
+    )
 
 
 def check_arms(study: Study) -> None:

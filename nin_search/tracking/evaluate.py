@@ -3,7 +3,7 @@
     python -m nin_search evaluate RUN_ID [--split test|val] [--out DIR] [--images 36]
     python -m nin_search evaluate models:/nin-quick@best --split val
 
-Loads the model with its resolved config (checkpoint.load), reads the split with the engine's
+Loads the model with its resolved config (models.load), reads the split with the engine's
 data path and evaluates it batch by batch as train.evaluate does, at the precision it trained at
 (fp32 where this device has no bf16 units): on the test split the same figures that
 `train --final-eval` logged as test_acc, which calls evaluate_split too. Writes
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from nin_search.engine.data import load_data
 from nin_search.engine.evaluate import Evaluation, _precision, evaluate_split, per_class, summary
 from nin_search.engine.train import resolve_device
 from nin_search.reports.gallery import FILES, IMAGES, write
+from nin_search.tracking.models import Loaded, load, size_text
 
 
 def log_files(folder: Path, run_id: str, split: str) -> None:
@@ -59,24 +61,46 @@ def check_out(folder: Path) -> None:
         ) from None
 
 
-def evaluate_command(ref: str, split: str = "test", out: str | None = None, images: int = IMAGES):
-    """The evaluate command: load, evaluate, print, write and log; returns the exit code."""
+def load_kept(ref: str) -> Loaded:
+    """The kept model behind ref (models.load), from the MLflow store in use: ConfigError when
+    there is no store (looking a model up must not create an empty one) or no such model."""
     from nin_search.stores.locks import store_exists
     from nin_search.stores.urls import mask
-    from nin_search.tracking.models import load, size_text
     from nin_search.tracking.store import check_tracking, setup_tracking, tracking_uri
 
-    if images < 1:
-        raise ConfigError(f"--images {images} is not allowed; expected >= 1")
-    check_out(Path(out or "reports/evaluate"))  # before the work, not after it
     check_tracking()
-    if not store_exists(tracking_uri()):  # looking a model up must not create an empty store
+    if not store_exists(tracking_uri()):
         raise ConfigError(
             f"{ref!r}: not found: no MLflow store at {mask(tracking_uri())} (run train or "
             "sweep first, or set MLFLOW_TRACKING_URI)"
         )
     setup_tracking()
-    loaded = load(ref)  # every mistake is raised here, before anything is written
+    return load(ref)
+
+
+@dataclass(frozen=True)
+class ModelEvaluation:
+    """A kept model evaluated: the engine's Evaluation, the model and where its files went."""
+
+    evaluation: Evaluation
+    loaded: Loaded  # the model (on the device it ran on), its config, model and run ids
+    folder: Path  # index.html and the files beside it
+
+
+def report_line(folder: Path, run_id: str | None, split: str) -> str:
+    """The line `evaluate` ends with: the report, and the run it was logged to."""
+    logged = f"; logged to run {run_id} under evaluation/{split}/" if run_id else ""
+    return f"report: {folder / 'index.html'} ({', '.join(FILES)}){logged}"
+
+
+def evaluate_model(
+    ref: str, split: str = "test", out: str | None = None, images: int = IMAGES
+) -> ModelEvaluation:
+    """Load, evaluate, print the figures, write the files to out and log them to the run."""
+    if images < 1:
+        raise ConfigError(f"--images {images} is not allowed; expected >= 1")
+    check_out(Path(out or "reports/evaluate"))  # before the work, not after it
+    loaded = load_kept(ref)  # every mistake is raised here, before anything is written
     cfg, device = loaded.cfg, resolve_device("auto")
     precision, note = _precision(cfg.train.precision, device)
     data = load_data(cfg.data, device, with_test=split == "test")
@@ -98,9 +122,6 @@ def evaluate_command(ref: str, split: str = "test", out: str | None = None, imag
         print(f"  {t} -> {p}: {count}")
     folder = Path(out or Path("reports/evaluate") / f"{loaded.run_id or loaded.model_id}-{split}")
     write(ev, folder, images, f"{split} evaluation", lines)
-    where = ""
     if loaded.run_id:
         log_files(folder, loaded.run_id, split)
-        where = f"; logged to run {loaded.run_id} under evaluation/{split}/"
-    print(f"report: {folder / 'index.html'} ({', '.join(FILES)}){where}")
-    return 0
+    return ModelEvaluation(ev, loaded, folder)

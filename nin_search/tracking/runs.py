@@ -16,6 +16,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -25,7 +26,7 @@ from nin_search.engine.chance import learned
 from nin_search.engine.config import Config, ConfigError, flatten, to_toml
 from nin_search.engine.curve import Finding, suggest
 from nin_search.engine.data import load_data
-from nin_search.engine.evaluate import evaluate_split
+from nin_search.engine.evaluate import Evaluation, evaluate_split
 from nin_search.engine.lr_finder import find_lr
 from nin_search.engine.summary import format_summary, summarize
 from nin_search.engine.train import FitResult, fit, resolve_device, resolved
@@ -80,6 +81,33 @@ def epoch_line(m: dict, epochs: int) -> str:
     return line + (f"  peak {m['peak_mem_mib']:,.0f} MiB" if "peak_mem_mib" in m else "")
 
 
+def show_progress() -> bool:
+    """A progress bar on a terminal or in a Jupyter notebook (tqdm.auto draws its widget
+    there); none where stderr is a file or a pipe (cron, CI logs), which it would fill."""
+    if sys.stderr.isatty():
+        return True
+    ipython = sys.modules.get("IPython")  # imported already wherever a notebook runs us
+    shell = ipython.get_ipython() if ipython else None
+    return shell is not None and hasattr(shell, "kernel")  # a Jupyter kernel, not a terminal
+
+
+def logged_line(run_id: str, uri: str) -> str:
+    """Where a run went: the line `train` and `lr-finder` end with."""
+    return f"run {run_id} logged to {mask(uri)}; open the MLflow UI with: {ui_command(uri)}"
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """What `train` did: its MLflow run and the engine's result (model and history in it)."""
+
+    run_id: str
+    uri: str  # the MLflow tracking URI
+    experiment: str
+    result: FitResult
+    model_id: str | None  # the logged model, None when the run diverged
+    test: Evaluation | None  # --final-eval's evaluation on the test set
+
+
 def open_experiment(name: str) -> tuple[str, str]:
     """The tracking URI and the experiment's id. On a fresh SQLite store one process at a time
     creates MLflow's tables: two migrating at once fail ('duplicate column name'), as two
@@ -91,8 +119,9 @@ def open_experiment(name: str) -> tuple[str, str]:
 
 def train_run(
     cfg: Config, experiment: str = "nin-train", final_eval: bool = False, profile_note: str = ""
-) -> int:
-    """Train cfg once, tracked in MLflow; returns the exit code (0 done, 1 diverged)."""
+) -> TrainRun:
+    """Train cfg once, tracked in MLflow, printing one line per epoch; a run that diverged is
+    returned too (result.status "diverged", its MLflow run ended FAILED)."""
     device = resolve_device(cfg.train.device)
     cfg = resolved(cfg, device)  # train.precision as it runs: bf16 or fp32
     summary = summarize(cfg)  # validates the input size before any data is read
@@ -121,7 +150,7 @@ def train_run(
             mlflow.log_metrics({k: v for k, v in m.items() if k != "epoch"}, step=m["epoch"])
             _print(epoch_line(m, cfg.train.epochs))
 
-        result = fit(cfg, data, on_epoch, progress=sys.stderr.isatty())
+        result = fit(cfg, data, on_epoch, progress=show_progress())
         mlflow.set_tag("nin.status", result.status)
         if result.history:
             mlflow.log_metric("best_val_acc", result.best_val_acc)
@@ -132,7 +161,9 @@ def train_run(
             epoch, step = result.diverged_at
             mlflow.set_tags({"nin.diverged_epoch": epoch, "nin.diverged_step": step})
             print(f"diverged: {result.reason}")
-        elif final_eval:  # the evaluate command's path: one figure whichever computed it
+        ev = model_id = None
+        # --final-eval takes the evaluate command's path: one figure whichever computed it
+        if final_eval and result.status != "diverged":
             ev = evaluate_split(result.model, data, "test", cfg.train.precision)
             mlflow.log_metrics({"test_loss": ev.loss, "test_acc": ev.acc})
             log_evaluation(ev, run.info.run_id)  # confusion matrix, gallery: evaluation/test/
@@ -154,10 +185,7 @@ def train_run(
             )
     if result.status == "diverged":
         mlflow.tracking.MlflowClient().set_terminated(run.info.run_id, "FAILED")
-    print(
-        f"run {run.info.run_id} logged to {mask(uri)}; open the MLflow UI with: {ui_command(uri)}"
-    )
-    return 1 if result.status == "diverged" else 0
+    return TrainRun(run.info.run_id, uri, experiment, result, model_id, ev)
 
 
 def _print(line: str) -> None:
@@ -221,14 +249,31 @@ def _suggestion_table(f: Finding, other: Finding) -> str:
     return pd.DataFrame(rows).to_string(index=False)
 
 
+@dataclass(frozen=True)
+class FinderRun:
+    """What `lr-finder` did: the finding, its MLflow run and the folder of its files."""
+
+    finding: Finding
+    run_id: str
+    uri: str  # the MLflow tracking URI
+    folder: Path  # lr_finder.json and lr_finder.html
+
+
+def finder_lines(folder: Path, run_id: str, uri: str) -> list[str]:
+    """The lines `lr-finder` ends with: the plot, the JSON and the MLflow run."""
+    plot = f"plot: {folder / 'lr_finder.html'}  json: {folder / 'lr_finder.json'}"
+    return [plot, logged_line(run_id, uri)]
+
+
 def lr_finder_run(
     cfg: Config,
     out: str | None = None,
     experiment: str = FINDER_EXPERIMENT,
     profile_note: str = "",
     quiet: bool = False,
-) -> tuple[Finding, str]:
-    """The LR range test, written to <out>/lr_finder.{json,html} and one MLflow run."""
+) -> FinderRun:
+    """The LR range test, written to <out>/lr_finder.{json,html} and one MLflow run; prints
+    the suggestions (unless quiet), not where they went (finder_lines)."""
     say = (lambda *a: None) if quiet else print
     device = resolve_device(cfg.train.device)
     cfg = resolved(cfg, device)
@@ -256,7 +301,7 @@ def lr_finder_run(
     }
     with mlflow.start_run(experiment_id=exp_id, tags=tags) as run:
         mlflow.log_params(flatten(cfg))
-        finding = find_lr(cfg, data, progress=sys.stderr.isatty() and not quiet)
+        finding = find_lr(cfg, data, progress=show_progress() and not quiet)
         curve = finding.curve
         # the same curve read with the other smoothing: fastai's causal numbers beside ours
         other = suggest(curve, c.num_iter, c.rule, {"ema": "zero-phase"}.get(c.smoothing, "ema"))
@@ -304,9 +349,7 @@ def lr_finder_run(
         )
     else:
         say(f"no recommendation: {finding.message}")
-    say(f"plot: {folder / 'lr_finder.html'}  json: {folder / 'lr_finder.json'}")
-    say(f"run {run.info.run_id} logged to {mask(uri)}; open the MLflow UI with: {ui_command(uri)}")
-    return finding, run.info.run_id
+    return FinderRun(finding, run.info.run_id, uri, folder)
 
 
 def lr_range_from_finder(
@@ -342,7 +385,9 @@ def lr_range_from_finder(
             f"no lr-finder run in experiment {experiment!r} matches these model, "
             f"optimizer and data settings (finder key {key})"
         )
-    finding, run_id = lr_finder_run(cfg, experiment=experiment)
+    found = lr_finder_run(cfg, experiment=experiment)
+    print(*finder_lines(found.folder, found.run_id, found.uri), sep="\n")
+    finding, run_id = found.finding, found.run_id
     if finding.status != "ok":
         raise ConfigError(
             f"train.lr = {{ from_lr_finder = true }}: the lr-finder run "
