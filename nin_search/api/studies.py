@@ -13,6 +13,7 @@ KILLED in MLflow, KeyboardInterrupt is raised, and no signal handler stays insta
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from typing import Any
@@ -155,8 +156,7 @@ def run_ablation(
     if workers < 1:
         raise ConfigError(f"--workers {workers} is not allowed; expected >= 1")
     values = _values(overrides)
-    study = load_ablation(path, values, seeds)
-    study.final_eval = final_eval
+    study = dataclasses.replace(load_ablation(path, values, seeds), final_eval=final_eval)
     # before anything is written: the data, an arm the network or the data cannot take
     # (device and precision too), the MLflow store, $NIN_SEARCH_HEARTBEAT_S
     check_data(study.base_config().data, study.final_eval)

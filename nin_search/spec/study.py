@@ -66,8 +66,11 @@ TOP_KEYS = {
 KEEP_MODELS = ("best", "all", "none")  # trial models kept in MLflow: the best so far, all, none
 
 
-@dataclass
+@dataclass(frozen=True)
 class Study:
+    """What a study or ablation file says, checked; frozen: a step that decides something (each
+    arm's lr, the target) returns a new Study (dataclasses.replace), never writes into one."""
+
     name: str
     path: str
     n_trials: int
@@ -228,10 +231,13 @@ def load_study(path: str, overrides: dict[str, Any] | None = None) -> Study:
         _component(path, doc, "pruner", PRUNERS, "median" if len(objectives) == 1 else "none"),
         objective,
         profile,
+        keep_models=keep_option(path, doc, "best"),
+        objectives=objectives,
+        constraints=parse_constraints(path, doc.get("constraints")),
+        reference=parse_reference(path, doc.get("reference")),
     )
     study.base_config()  # the shared settings must be valid on their own
-    study.keep_models = keep_option(path, doc, "best")
-    configure(study, doc, objectives)  # objectives, [constraints], [reference], checked
+    check(study)  # objectives, [constraints], [reference] together
     if study.sampler["type"] == "grid" and any(
         p.kind not in ("categorical", "int") for p in params.values()
     ):
@@ -280,14 +286,6 @@ def spec(study: Study) -> dict[str, Any]:
         "keep_models": study.keep_models,
         "per_arm": study.per_arm,
     }
-
-
-def configure(study: Study, doc: dict, objectives: list[str]) -> None:
-    """A sweep's objectives, [constraints] and [reference] from its file, checked together."""
-    study.objectives = objectives
-    study.constraints = parse_constraints(study.path, doc.get("constraints"))
-    study.reference = parse_reference(study.path, doc.get("reference"))
-    check(study)
 
 
 def check(study: Study) -> None:
