@@ -32,7 +32,7 @@ def configure(
 ) -> tuple[Config, str]:
     """The validated config (defaults, profile, TOML file, overrides) and the line that says
     which profile it is ("" for none); profile "auto" is d2l on CUDA, cpu otherwise."""
-    resolved = resolve_profile(profile, _cuda() if profile == "auto" else False)
+    resolved = resolve_profile(profile)
     note = f"profile: {resolved}" if resolved else ""
     if profile == "auto":
         why = (

@@ -298,11 +298,16 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def resolve_profile(profile: str | None, cuda: bool) -> str | None:
-    """'auto' -> 'd2l' on CUDA, 'cpu' otherwise; None stays None (the plain defaults)."""
+def resolve_profile(profile: str | None, cuda: bool | None = None) -> str | None:
+    """'auto' -> 'd2l' on CUDA, 'cpu' otherwise (cuda None: torch is asked); None stays None
+    (the plain defaults). The one place 'auto' is decided: --profile, the API, study files."""
     if profile is None:
         return None
     if profile == "auto":
+        if cuda is None:
+            import torch
+
+            cuda = torch.cuda.is_available()
         return "d2l" if cuda else "cpu"
     if profile not in PROFILES:
         raise ConfigError(f"--profile {profile!r}: expected auto, {', '.join(PROFILES)}")

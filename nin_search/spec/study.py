@@ -39,6 +39,7 @@ from nin_search.engine.config import (
     flatten,
     flatten_toml,
     read_toml,
+    resolve_profile,
 )
 from nin_search.spec.components import check_args
 from nin_search.spec.objectives import (
@@ -177,15 +178,12 @@ def header(path: str, doc: dict, keys: set[str], objective: str) -> tuple[str, s
             "MLflow's model registry refuses them): use '-' or '_' instead"
         )
     profile = doc.get("profile")
-    if profile == "auto":  # as --profile auto: d2l on CUDA, cpu otherwise (torch asked lazily)
-        import torch
-
-        profile = "d2l" if torch.cuda.is_available() else "cpu"
-    if profile is not None and profile not in PROFILES:
+    if profile is not None and profile != "auto" and profile not in PROFILES:
         raise ConfigError(
             f"{path}: profile = {profile!r} is not allowed; expected auto or one of "
             f"{', '.join(PROFILES)}"
         )
+    profile = resolve_profile(profile)  # as --profile auto: d2l on CUDA, cpu otherwise
     objective = doc.get("objective", objective)
     if not isinstance(objective, str) or objective not in OBJECTIVES:  # a list is unhashable
         raise ConfigError(
