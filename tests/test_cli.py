@@ -371,7 +371,7 @@ def test_sweep_link_reuses_the_matching_finder_run(tmp_path: Path, monkeypatch, 
     from conftest import squares
 
     from nin_search.engine.config import load_config
-    from nin_search.tracking.runs import lr_range_from_finder
+    from nin_search.tracking.finder import lr_range_from_finder
 
     for prefix, n in (("train", 448), ("t10k", 32)):  # an easy task whose curve has a valley
         x, y = squares(n)

@@ -483,7 +483,7 @@ def test_plot_axis_holds_a_curve_that_stays_below_its_start():
 
 
 def test_terminal_table_gives_each_rule_on_both_curves_and_the_range():
-    from nin_search.tracking.runs import _suggestion_table
+    from nin_search.tracking.finder import _suggestion_table
 
     c = curve([2.30, 2.30, 2.25, 2.10, 1.90, 1.60, 1.20, 0.90, 0.70, 0.80, 1.50, 3.0, 6.0])
     f = suggest(c, N, rule="valley", smoothing="ema")

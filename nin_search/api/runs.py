@@ -62,7 +62,7 @@ def find_lr(
     reports/lr-finder/<time>/). Returns an LrFinding.
     """
     from nin_search.api.results import LrFinding
-    from nin_search.tracking.runs import lr_finder_run
+    from nin_search.tracking.finder import lr_finder_run
 
     cfg, note = configure(profile, config, overrides)
     done = lr_finder_run(cfg, out, experiment, note)

@@ -148,7 +148,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _lr_finder(args: argparse.Namespace) -> int:
     from nin_search.api.runs import find_lr
-    from nin_search.tracking.runs import finder_lines
+    from nin_search.tracking.finder import finder_lines
     from nin_search.tracking.store import tracking_uri
 
     uri = tracking_uri()  # as given, before MLflow resolves it

@@ -23,6 +23,8 @@ left it RUNNING, is failed by the next. The first choice kept for an arm stands.
 from __future__ import annotations
 
 import dataclasses
+import tempfile
+from pathlib import Path
 
 import mlflow
 import optuna
@@ -172,7 +174,7 @@ def fail_killed_finders(name: str, arm: str, exp_id: str, parent: str) -> None:
 
 def _finder(study: Study, arm: str, exp_id: str, parent: str, cache: DataCache) -> dict:
     from nin_search.engine.lr_finder import find_lr
-    from nin_search.reports.plots import lr_finder_curve
+    from nin_search.tracking.finder import log_finding
 
     where = f"{study.path}: [arms.{arm}]"
     cfg = with_params(study, {"arm": arm, "train.seed": study.seeds[0]}, where)
@@ -196,11 +198,8 @@ def _finder(study: Study, arm: str, exp_id: str, parent: str, cache: DataCache) 
         with interruptible():  # a Ctrl-C stops the range test at once, not after every repeat
             finding = find_lr(cfg, cache.get(cfg))
         check_ctrl_c()
-        mlflow.log_dict(finding.to_json(), "lr_finder.json")
-        mlflow.log_figure(lr_finder_curve(finding, f"LR range test: arm {arm}"), "lr_finder.html")
-        mlflow.set_tags({"nin.status": finding.status, "nin.message": finding.message[:5000]})
-        if finding.status == "ok":
-            mlflow.log_metric("recommended_lr", finding.recommended_lr)
+        with tempfile.TemporaryDirectory() as tmp:  # as the lr-finder command logs its run
+            log_finding(finding, cfg, Path(tmp), f"LR range test: arm {arm}")
     lr = finding.recommended_lr if finding.status == "ok" else None
     message = "" if lr else f"the lr-finder gave no recommendation: {finding.message}"
     return {"lr": lr, "how": how, "message": message, "runs": [run.info.run_id]}

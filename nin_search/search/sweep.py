@@ -197,7 +197,7 @@ def run_sweep(
         return 0
     lr_range = None
     if any(p.kind == "lr_finder" for p in study.params.values()):
-        from nin_search.tracking.runs import lr_range_from_finder
+        from nin_search.tracking.finder import lr_range_from_finder
 
         low, high, run_id = lr_range_from_finder(study.base_config())
         lr_range = (low, high)
