@@ -2,7 +2,7 @@
 
 lr_finder_regret.py found plain SGD on the fully connected head (`model.head = fc`, width 0.25)
 ending at 10 % val accuracy, status "completed", from lr ~1 up: no NaN, so fit() never called
-it diverged. This trains the same config with fit()'s own pieces (_start, train_step, the
+it diverged. This trains the same config with fit()'s own pieces (seeded_start, train_step, the
 onecycle schedule) and prints, every `--every` steps, the lr, the batch loss, the share of
 zeros in the fc layer's input (ReLU outputs), the fc weights' norm and the logits' spread.
 
@@ -20,7 +20,7 @@ from torch import nn
 
 from nin_search.engine.config import load_config
 from nin_search.engine.data import batches, load_data, train_images
-from nin_search.engine.train import _start, evaluate, train_step
+from nin_search.engine.train import evaluate, make_schedule, seeded_start, train_step
 
 
 def main() -> None:
@@ -37,7 +37,8 @@ def main() -> None:
     data = load_data(cfg.data, "cpu", with_test=False)
     t = cfg.train
     steps = math.ceil(train_images(len(data.train_x), t.batch_size) / t.batch_size)
-    gen, model, opt, sched = _start(cfg, data, steps)
+    gen, model, opt = seeded_start(cfg, data)
+    sched = make_schedule(cfg.train, opt, steps)
     head = model.fc if hasattr(model, "fc") else None
     seen: dict[str, torch.Tensor] = {}
     if head is not None:
