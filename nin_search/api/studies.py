@@ -146,8 +146,9 @@ def run_ablation(
     command line up to --seeds that --workers K starts. The study is None in a --worker, the
     folder None when no cell finished (the reason is the last line)."""
     from nin_search.engine.data import check_data
-    from nin_search.search.report import load, report
+    from nin_search.search.report import report
     from nin_search.search.storage import heartbeat_s, storage_url
+    from nin_search.search.studies import find_study
     from nin_search.search.sweep import run_sweep
     from nin_search.search.workers import failure
     from nin_search.spec.ablation import check_arms, load_ablation
@@ -171,7 +172,7 @@ def run_ablation(
     code = run_sweep(study, url, None, None, workers, tail, worker)
     if worker:
         return code, None, None
-    final = load(study.name, url)
+    final = find_study(study.name, url)
     if code and failure(study, final):  # nothing finished: run_sweep's error stays the last line
         return code, final, None
     return code, final, report(final)

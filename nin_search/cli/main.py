@@ -224,10 +224,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from nin_search.search.report import load, report
+    from nin_search.search.report import report
     from nin_search.search.storage import storage_url
+    from nin_search.search.studies import find_study
 
-    report(load(args.study, storage_url(args.storage)), Path(args.out))
+    report(find_study(args.study, storage_url(args.storage)), Path(args.out))
     return 0
 
 

@@ -20,49 +20,15 @@ import mlflow
 import optuna
 import pandas as pd
 
-from nin_search.engine.config import ConfigError, read_toml
 from nin_search.engine.errors import first_line
 from nin_search.reports import plots, stats
 from nin_search.reports.pages import page
 from nin_search.search import arm_lr as tuning
 from nin_search.search.cells import cell_frame
-from nin_search.search.storage import open_storage
 from nin_search.search.studies import best_config
-from nin_search.stores.locks import store_exists
-from nin_search.stores.urls import mask
 from nin_search.tracking.store import setup_tracking
 
 ROOT = Path("reports")
-
-
-def load(name_or_file: str, url: str) -> optuna.Study:
-    """The Optuna study named directly or by its study file's `name`."""
-    name = name_or_file
-    if name_or_file.endswith(".toml") or _is_file(name_or_file):
-        name = read_toml(name_or_file).get("name")
-        if not isinstance(name, str):
-            raise ConfigError(f'{name_or_file}: no name = "..." to find the study by')
-    if not store_exists(url):  # reading a study must not create an empty store
-        raise ConfigError(
-            f"study {name!r} is not in {mask(url)}: no such store (run `sweep` or `ablate` "
-            "first, or pass --storage)"
-        )
-    storage = open_storage(url)
-    try:
-        return optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        known = optuna.get_all_study_names(storage)
-        raise ConfigError(
-            f"study {name!r} is not in {mask(url)}; it holds: {', '.join(known) or 'no studies'}"
-            " (run `sweep` or `ablate` first, or pass --storage)"
-        ) from None
-
-
-def _is_file(name: str) -> bool:
-    try:
-        return Path(name).is_file()
-    except (OSError, ValueError):  # a study name too long for a path, or holding a NUL
-        return False
 
 
 def _spec(ostudy: optuna.Study) -> dict:

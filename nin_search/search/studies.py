@@ -6,14 +6,17 @@ one per arm for a per-arm lr search; workers.py counts against it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import optuna
 from optuna.trial import TrialState
 
-from nin_search.engine.config import Config, ConfigError, apply, to_toml
+from nin_search.engine.config import Config, ConfigError, apply, read_toml, to_toml
 from nin_search.engine.errors import first_line
 from nin_search.search.storage import open_storage
 from nin_search.spec.space import grid
 from nin_search.spec.study import Study, directions
+from nin_search.stores.locks import store_exists
 from nin_search.stores.urls import mask
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -117,3 +120,34 @@ def best_config(spec: dict, trial: optuna.trial.FrozenTrial, file: str, what: st
 def counted(trial) -> bool:
     """Whether a finished trial counts towards n_trials: over-budget ones never trained."""
     return "over_budget" not in trial.user_attrs
+
+
+def find_study(name_or_file: str, url: str) -> optuna.Study:
+    """The Optuna study named directly or by its study file's `name`, for reading: a store
+    that does not exist is not created, and an unknown name lists the names it holds."""
+    name = name_or_file
+    if name_or_file.endswith(".toml") or _is_file(name_or_file):
+        name = read_toml(name_or_file).get("name")
+        if not isinstance(name, str):
+            raise ConfigError(f'{name_or_file}: no name = "..." to find the study by')
+    if not store_exists(url):  # reading a study must not create an empty store
+        raise ConfigError(
+            f"study {name!r} is not in {mask(url)}: no such store (run `sweep` or `ablate` "
+            "first, or pass --storage)"
+        )
+    storage = open_storage(url)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        known = optuna.get_all_study_names(storage)
+        raise ConfigError(
+            f"study {name!r} is not in {mask(url)}; it holds: {', '.join(known) or 'no studies'}"
+            " (run `sweep` or `ablate` first, or pass --storage)"
+        ) from None
+
+
+def _is_file(name: str) -> bool:
+    try:
+        return Path(name).is_file()
+    except (OSError, ValueError):  # a study name too long for a path, or holding a NUL
+        return False
