@@ -35,7 +35,9 @@ def schedule(c: LRFinderConfig) -> list[float]:
     return [c.start_lr * (c.end_lr / c.start_lr) ** (i / (n - 1)) for i in range(n)]
 
 
-def _snapshot(model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator | None):
+def _state_before(model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator | None):
+    """What the range test changes, copied, so that _restore puts the model, optimizer and
+    random state back exactly (snapshot.py is the training checkpoint, a different thing)."""
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     return (
         copy.deepcopy(model.state_dict()),
@@ -47,8 +49,8 @@ def _snapshot(model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator
     )
 
 
-def _restore(model, opt, gen, snap) -> None:
-    weights, opt_state, training, cpu_rng, cuda_rng, gen_state = snap
+def _restore(model, opt, gen, before) -> None:
+    weights, opt_state, training, cpu_rng, cuda_rng, gen_state = before
     model.load_state_dict(weights)
     opt.load_state_dict(opt_state)
     model.train(training)
@@ -79,7 +81,7 @@ def range_test(
     device = next(model.parameters()).device
     if device.type == "cpu":
         keep_cpu_memory()
-    snap = _snapshot(model, opt, gen)
+    before = _state_before(model, opt, gen)
     curve, avg, best = Curve(), 0.0, math.inf
     lrs = schedule(c)
     bar = tqdm(total=len(lrs), desc="lr-finder", leave=False) if progress and tqdm else None
@@ -116,7 +118,7 @@ def range_test(
     finally:
         if bar is not None:
             bar.close()
-        _restore(model, opt, gen, snap)
+        _restore(model, opt, gen, before)
         release_cpu_memory()
     return curve
 
