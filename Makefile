@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 PROFILE ?= auto
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test docs lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
+# the docs site into site/ (docs/, mkdocs.yml); --strict: a broken link or a missing page fails.
+# The test extra holds the docs extra's tools; serve it locally with `.venv/bin/mkdocs serve`.
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
+
 lint: $(VENV)/.installed
 	$(BIN)/python -m pip install -q ruff
 	$(BIN)/ruff check nin_search tests benchmarks experiments && $(BIN)/ruff format --check nin_search tests benchmarks experiments
@@ -34,4 +39,4 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/throughput.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site .cache
