@@ -24,11 +24,10 @@ AT_CHANCE, AT_CHANCE_P = 1.5, 1e-3
 LEARNED, LEARNED_P = 2.0, 1e-6
 
 
-# An epoch whose mean training loss is above EXPLODED x ln(num_classes) (2,303 for ten classes)
-# has exploded. ln(num_classes) is a constant guess's loss, and a new network starts within 3x of
-# it. Runs that learn bump far above ln 10 (the lr-finder's 4x would stop them); of 72 measured at
-# 4 steps an epoch, none peaked between 416 and 9,600 (benchmarks/RESULTS.md, "Runs whose loss
-# explodes").
+# An epoch whose mean training loss is above EXPLODED x ln(num_classes) has exploded.
+# ln(num_classes) is a constant guess's loss, and a new network starts within a few times of it.
+# Runs that learn bump far above ln 10 (the lr-finder's 4x would stop them), runs that blow up
+# go far past this line within two epochs: docs/results/collapse.md, "Runs whose loss explodes".
 EXPLODED = 1000.0
 
 
@@ -60,10 +59,9 @@ def learned(acc: float, n: int, num_classes: int) -> bool:
 def collapsed(history: list[dict], val_images: int, num_classes: int) -> bool:
     """The last epoch's val accuracy is at chance although an earlier epoch's was clearly above
     it (learned). Val accuracies only: a train accuracy above chance can be memorization, which
-    is no collapse. Measured (benchmarks/RESULTS.md, "Runs that collapse to chance"): plain SGD
-    at lr ~1 on the fully connected head kills every ReLU that feeds it within ~20 steps; the
-    logits are then the same for every image, the loss sits at ln 10, finite, and no gradient
-    reaches the body, so it never recovers."""
+    is no collapse. Plain SGD at lr ~1 on the fully connected head kills every ReLU that feeds
+    it; the logits are then the same for every image, the loss sits at ln 10, finite, and no
+    gradient reaches the body, so it never recovers (docs/results/collapse.md)."""
     if not history or not at_chance(history[-1]["val_acc"], val_images, num_classes):
         return False
     return any(learned(h["val_acc"], val_images, num_classes) for h in history[:-1])

@@ -113,9 +113,8 @@ class LRFinderConfig:
     use_val: bool = _f(False)  # Smith's variant: a fixed validation batch's loss at every step
     val_images: int = _f(512, lo=1)  # size of that validation batch
     # the suggestion that becomes recommended_lr; auto (finder_rule): lowest under a onecycle
-    # schedule, where it had the smallest worst regret against an lr grid over the six
-    # configurations of benchmarks/lr_finder_regret.py (RESULTS.md; half-decade lost 1.17
-    # points with plain SGD at width 0.25, fastai's valley up to 16), half-decade under the others
+    # schedule, where it had the smallest worst regret against an lr grid
+    # (docs/results/lr-finder.md), half-decade under the others
     rule: str = _f("auto", choices=(*FINDER_RULES, "auto"))
     # the curve the rules read: zero-phase = forward-backward EMA of the raw loss (no lag);
     # ema = fastai's causal EMA, which lags ~49 steps (~4 decades at the defaults)
@@ -138,7 +137,7 @@ SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)}
 PROFILES: dict[str, dict[str, Any]] = {
     "d2l": {"data.resize": 224, "data.train_subset": 0, "train.epochs": 10},
     "quick": {"data.resize": 96, "data.train_subset": 10_000, "train.epochs": 2},
-    # converged results on a 2-core CPU (README "Profiles"; benchmarks/RESULTS.md "cpu profile")
+    # converged results on a 2-core CPU (docs/configuration.md, docs/results/cpu-profile.md)
     "cpu": {
         "model.preset": "lin2013",  # the paper's model at native 28 px: 96x7x7 into its last block
         "model.width": 0.5,
@@ -146,8 +145,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "data.resize": 0,
         "data.train_subset": 0,
         "train.optimizer": "adamw",
-        # an lr grid 0.002-0.08 at 4 epochs: flat within 0.6 points from 0.005 to 0.04 (best),
-        # 1 point lower at 0.08; 0.02 is the plateau's middle, 4x below that cliff
+        # an lr grid at 4 epochs is flat from 0.005 to 0.04 and drops at 0.08 (docs/results/
+        # cpu-profile.md): 0.02 is the plateau's middle, 4x below that cliff
         "train.lr": 0.02,
         "train.schedule": "onecycle",
         "train.epochs": 5,  # under 6 minutes on 2 cores, val and test accuracy >= 0.90

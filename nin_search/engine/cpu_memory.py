@@ -6,11 +6,11 @@
 glibc serves a block over its mmap threshold with a fresh mapping and unmaps it on free. The
 threshold adapts upwards but stops at 32 MiB on 64-bit, and one activation of the `cpu` profile at
 batch 128 is 128 x 96 x 28 x 28 fp32 = 38.5 MiB, so step after step it is mapped, zero-filled and
-unmapped again: about 34,000 page faults a step on average (one step anywhere from 0 to 86,000)
-and an eighth of the time of an fp32 step on two cores.
+unmapped again: tens of thousands of page faults a step.
 mallopt(M_MMAP_MAX, 0) with a 1 GiB M_TRIM_THRESHOLD serves them from the heap and reuses them:
-1.15x less time a step, the same losses (benchmarks/cpu_allocator.py). Blocks over 64 MiB from a
-thread other than the main one are still mapped afresh: a thread's heap cannot hold them.
+less time a step, the same losses (benchmarks/cpu_allocator.py; docs/results/memory.md). Blocks
+over 64 MiB from a thread other than the main one are still mapped afresh: a thread's heap cannot
+hold them.
 
 The settings are process-wide. Between runs, release_cpu_memory() hands the heap's free pages
 back (malloc_trim), so a long-lived worker does not keep its largest run's memory. Left alone:

@@ -13,10 +13,9 @@ lr_finder.rule names the suggestion that becomes recommended_lr:
   half of fastai's margin below the point where the loss turns up;
 - lowest: the lr at the lowest loss itself, Smith's (2018) largest usable peak for a cyclical or
   one-cycle schedule (the cpu profile's onecycle takes train.lr as its peak).
-The default, auto (config.finder_rule), is lowest under a onecycle schedule: against an lr grid
-on six configurations of the cpu profile (benchmarks/lr_finder_regret.py, RESULTS.md) it lost
-at most 0.96 points, though no rule met every target there; half-decade under the schedules
-that start at their peak (not measured against a grid). Sweep
+The default, auto (config.finder_rule), is lowest under a onecycle schedule, the rule that met
+the targets against an lr grid on the cpu profile (docs/results/lr-finder.md); half-decade under
+the schedules that start at their peak (not measured against a grid). Sweep
 range: [recommended / 10, lr at the lowest point] (3x recommended if that is not above it);
 under lowest [recommended / 30, 3x recommended]: the peak sits near the top of the stable lrs,
 and the plateau below it can reach a decade further down (AdamW at width 0.25). A

@@ -108,7 +108,7 @@ def resolve_device(name: str) -> torch.device:
 def cpu_bf16_units() -> list[str]:
     """The CPU's native bf16 matrix units as torch sees them: AMX and/or AVX512-BF16.
 
-    oneDNN runs bf16 convolutions on these 2-3.5x faster than fp32 (benchmarks/RESULTS.md);
+    oneDNN runs bf16 convolutions on these faster than fp32 (docs/results/throughput.md);
     without them bf16 is emulated and slower than fp32. A seam: tests replace it."""
     caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
     return [name for name in ("amx_bf16", "avx512_bf16") if caps.get(name)]
@@ -240,7 +240,7 @@ def seeded_start(cfg: Config, data: Data, seed: int | None = None):
     torch.manual_seed(seed)  # weight init and dropout
     gen = torch.Generator(device=device).manual_seed(seed)  # batch order and augmentation
     # channels_last on both devices: cuDNN's and oneDNN's fastest convolutions for this network
-    # (2-core CPU: 1.25-1.72x less time per fp32 step than NCHW; benchmarks/memory_format.py)
+    # (less time per step than NCHW on the CPU too: docs/results/memory.md)
     model = build_model(cfg.model, data.input_size, 1, data.num_classes)
     model = model.to(device, memory_format=torch.channels_last)
     return gen, model, make_optimizer(t, model.parameters())
