@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import os
 import signal
 import sys
 import time
@@ -260,3 +261,22 @@ def test_the_package_ships_py_typed():
     assert (Path(ns.__file__).parent / "py.typed").is_file()
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert "py.typed" in pyproject["tool"]["setuptools"]["package-data"]["nin_search"]
+
+
+def test_the_default_store_follows_the_working_directory_within_one_process(
+    tmp_path: Path, monkeypatch
+):
+    from nin_search.tracking.store import setup_tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(mlflow_uri, "_tracking_uri", mlflow_uri._tracking_uri)  # restored after
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    monkeypatch.chdir(first)
+    setup_tracking()
+    monkeypatch.chdir(second)
+    setup_tracking()
+    # a notebook that moves to another folder logs to that folder's mlruns/, not the first's
+    # (MLflow's set_tracking_uri had left the first folder's path in $MLFLOW_TRACKING_URI)
+    assert mlflow.get_tracking_uri() == f"sqlite:///{(second / 'mlruns/mlflow.db').resolve()}"
+    assert "MLFLOW_TRACKING_URI" not in os.environ

@@ -48,6 +48,10 @@ def setup_tracking() -> str:
         # MLflow caches its store per URI string for the life of the process: the relative
         # default would stay bound to the first working directory it was used in
         mlflow.set_tracking_uri(f"sqlite:///{Path('mlruns/mlflow.db').resolve()}")
+        # ... and set_tracking_uri writes $MLFLOW_TRACKING_URI: a later call in this process
+        # (a notebook that moved to another folder) would read it as the user's and stay in the
+        # first folder's store. The default is this folder's, every time
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         mlflow.set_tracking_uri(uri)
     return uri
