@@ -7,6 +7,7 @@ python -m nin_search sweep studies/quick.toml
 python -m nin_search ablate studies/ablate_head.toml
 python -m nin_search report studies/ablate_head.toml
 python -m nin_search ui
+python -m nin_search dashboard studies/quick.toml
 python -m nin_search evaluate RUN_ID --split test
 """
 
@@ -113,6 +114,13 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ui", help="start the MLflow UI on this store (127.0.0.1)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+
+    p = sub.add_parser("dashboard", help="start optuna-dashboard on a study (127.0.0.1)")
+    p.add_argument("study", metavar="NAME_OR_STUDY.toml")
+    p.add_argument("--storage", help=STORAGE_HELP)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080)
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
 
     p = sub.add_parser("evaluate", help="a kept model: accuracy, confusion matrix, gallery")
@@ -248,6 +256,21 @@ def _ui(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, env=env)
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    from nin_search.search.dashboard import require, serve
+    from nin_search.search.storage import storage_url
+    from nin_search.search.studies import find_study
+
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port} is not allowed; expected 1..65535")
+    require()  # the optional extra
+    url = storage_url(args.storage)
+    ostudy = find_study(args.study, url)
+    _free_port(args.host, args.port)
+    serve(ostudy, url, args.host, args.port)
+    return 0
+
+
 def _free_port(host: str, port: int) -> None:
     """--host must resolve and --port be free there, or mlflow server fails with a traceback
     (or, on a port in use, exits 0 and the URL shown is another server's)."""
@@ -270,6 +293,7 @@ COMMANDS = {
     "ablate": _ablate,
     "report": _report,
     "ui": _ui,
+    "dashboard": _dashboard,
     "train": _train,
     "lr-finder": _lr_finder,
     "summary": _summary,

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import html
+from pathlib import Path
+
+ROOT = Path("reports")  # a study's report goes to reports/<name>/
 
 STYLE = (
     "body{font-family:sans-serif;margin:2em} table{border-collapse:collapse}"
@@ -23,3 +27,16 @@ def page(title: str, body: str, style: str = "", plotly: bool = False) -> str:
         f"<style>{STYLE}{style}</style>{script}</head><body><h1>{html.escape(title)}</h1>"
         f"{body}</body></html>"
     )
+
+
+def report_dir(root: Path, name: str) -> Path:
+    """root/<name> as one folder under root, whatever the name holds: separators, '..', a
+    leading '/' or '.', control characters and an over-long name cannot lead elsewhere
+    (spaces and unicode stay as they are)."""
+    safe = "".join("_" if c in "/\\" or ord(c) < 32 else c for c in name).strip()
+    if not safe or safe.startswith("."):
+        safe = "_" + safe
+    if len(safe.encode()) > 200:  # file systems cap a name at 255 bytes
+        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+        safe = safe.encode()[:180].decode(errors="ignore") + "-" + digest
+    return root / safe

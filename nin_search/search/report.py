@@ -12,7 +12,6 @@ configuration as best_config.toml, ready for `train --config`. index.html shows 
 
 from __future__ import annotations
 
-import hashlib
 import html
 from pathlib import Path
 
@@ -22,13 +21,11 @@ import pandas as pd
 
 from nin_search.engine.errors import first_line
 from nin_search.reports import plots, stats
-from nin_search.reports.pages import page
+from nin_search.reports.pages import ROOT, page, report_dir
 from nin_search.search import arm_lr as tuning
 from nin_search.search.cells import cell_frame
 from nin_search.search.studies import best_config
 from nin_search.tracking.store import setup_tracking
-
-ROOT = Path("reports")
 
 
 def _spec(ostudy: optuna.Study) -> dict:
@@ -286,19 +283,6 @@ def _log(ostudy: optuna.Study, out: Path, figures: dict) -> str:
     except mlflow.exceptions.MlflowException as e:
         return f"not logged to MLflow ({first_line(e, 200)})"
     return f"logged to MLflow parent run {parent} under report/"
-
-
-def report_dir(root: Path, name: str) -> Path:
-    """root/<name> as one folder under root, whatever the name holds: separators, '..', a
-    leading '/' or '.', control characters and an over-long name cannot lead elsewhere
-    (spaces and unicode stay as they are)."""
-    safe = "".join("_" if c in "/\\" or ord(c) < 32 else c for c in name).strip()
-    if not safe or safe.startswith("."):
-        safe = "_" + safe
-    if len(safe.encode()) > 200:  # file systems cap a name at 255 bytes
-        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
-        safe = safe.encode()[:180].decode(errors="ignore") + "-" + digest
-    return root / safe
 
 
 def report(ostudy: optuna.Study, root: Path = ROOT, quiet: bool = False) -> Path:

@@ -1,7 +1,7 @@
 """The Optuna study behind a sweep or an ablation: its sampler and pruner from the study file,
-opened (or created) on a storage with its kind, objectives and directions checked, and the
-count of finished trials that a target is measured against. sweep.py runs it; tuning.py opens
-one per arm for a per-arm lr search; workers.py counts against it.
+opened (or created) on a storage with its kind, objectives and directions checked and its
+objectives named, and the count of finished trials that a target is measured against. sweep.py
+runs it; tuning.py opens one per arm for a per-arm lr search; workers.py counts against it.
 """
 
 from __future__ import annotations
@@ -99,6 +99,9 @@ def open_study(study: Study, url: str) -> optuna.Study:
                 f"{study.path}: study {study.name!r} was started with directions {had}, but "
                 f"objective now gives {directions(study)}; give it a new name = ..."
             )
+        names = study.objectives or [study.objective]
+        if ostudy.metric_names != names:  # optuna-dashboard and plots name them, not Objective 0
+            ostudy.set_metric_names(names)
         return ostudy
     except ConfigError:
         raise

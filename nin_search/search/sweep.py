@@ -24,6 +24,7 @@ from nin_search.engine.config import ConfigError, flatten
 from nin_search.engine.model import check_input_size, spatial_trace
 from nin_search.engine.train import resolved
 from nin_search.search import budgets as pareto
+from nin_search.search.dashboard import dashboard_command, note_text, write_note
 from nin_search.search.kinds import finished, kind_of
 from nin_search.search.objective import DataCache, make_objective
 from nin_search.search.storage import DEFAULT_STORAGE, open_storage
@@ -64,9 +65,12 @@ def parent_run(ostudy: optuna.Study, study: Study, exp_id: str) -> str:
     return run.info.run_id
 
 
-def _open(study: Study, url: str, worker: bool = False) -> tuple[optuna.Study, str, str]:
+def _open(
+    study: Study, url: str, worker: bool = False, note: bool = False
+) -> tuple[optuna.Study, str, str]:
     """The Optuna study, the MLflow experiment id and the parent run id; the study first, so a
-    storage that cannot be used leaves no MLflow store behind."""
+    storage that cannot be used leaves no MLflow store behind. note: write the study's note
+    (the command does, once; not its workers)."""
     # every command and worker on this study, in any directory or on any machine, opens it in
     # turn: fresh SQLite stores would be created (and MLflow's schema migrated) twice at once,
     # and two parent runs made; a trial of a dead worker is failed before anyone counts
@@ -84,7 +88,10 @@ def _open(study: Study, url: str, worker: bool = False) -> tuple[optuna.Study, s
         with StoreLock(uri if uri.startswith("sqlite") else None):
             exp_id = experiment_id(study.name)
             fail_stale(ostudy)  # ends their MLflow runs too: after setup_tracking
-            return ostudy, exp_id, parent_run(ostudy, study, exp_id)
+            parent = parent_run(ostudy, study, exp_id)
+            if note:  # what optuna-dashboard shows beside the trials: where the rest is
+                write_note(ostudy, note_text(study, url, exp_id, parent, uri))
+            return ostudy, exp_id, parent
 
 
 def _counts(ostudy: optuna.Study) -> dict[TrialState, int]:
@@ -164,7 +171,7 @@ def run_sweep(
     """
     target = n_trials or study.n_trials
     command_id(worker)  # marks the trials this command's workers run: "this run" below
-    ostudy, exp_id, parent = _open(study, url)
+    ostudy, exp_id, parent = _open(study, url, note=not worker)
     before = _counts(ostudy)
     done = finished(study, ostudy)
     best_before = _best(ostudy)
@@ -305,6 +312,7 @@ def _summary(
         pareto.log_front(study, ostudy, parent)
     uri = tracking_uri()
     print(
-        f"Optuna: {mask(url)} (optuna-dashboard {mask(url)}); MLflow: experiment "
-        f"{study.name!r}, parent run {parent}; open the UI with: {ui_command(uri)}"
+        f"Optuna: {mask(url)}; open the dashboard with: {dashboard_command(study.path, url)}; "
+        f"MLflow: experiment {study.name!r}, parent run {parent}; open the UI with: "
+        f"{ui_command(uri)}"
     )
