@@ -1,12 +1,15 @@
-"""Shared fixtures: tiny (Fashion-)MNIST-shaped IDX files written into tmp_path, and an empty
-MLflow store to copy."""
+"""Shared fixtures: tiny (Fashion-)MNIST-shaped IDX files written into tmp_path, an empty
+MLflow store to copy, and nin_here: a command run in this process instead of a new python."""
 
 from __future__ import annotations
 
 import contextlib
 import gzip
+import io
 import os
 import shutil
+import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,16 +25,19 @@ torch.set_num_threads(1)
 
 # `make test` hands out whole files (--dist loadfile) in this order (--no-loadscope-reorder):
 # the longest first, so that no long file starts last and leaves one worker running alone.
-# Seconds per file, summed over its tests (pytest --junitxml, 2 workers, idle, 2026-12-07,
-# without PostgreSQL, whose tests add to test_sweep, test_workers and test_machines in CI):
-# sweep 249, cli 210, ablation 203, tuning 195, pareto 148, ui 140, evaluate 125, snapshot 115,
-# workers 107, cpu_memory 106, bad_input 89, accounting 30; the rest under 25. Files not named
-# here go last. benchmarks/RESULTS.md, "make test's file order".
+# Seconds per file, summed over its tests (pytest --junitxml, 2 workers, PostgreSQL, a clone,
+# 2026-12-08, with another full suite running beside it for most of the run, which slows the
+# files of several real processes most): sweep 208, machines 163, tuning 133, workers 132,
+# pareto 130, cli 112, notebooks 112, ablation 107, ui 69, snapshot 67, cpu_memory 48, api 33,
+# notebook 33, bad_input 31, evaluate 24, accounting 15, dashboard 10; the rest under 10.
+# Files not named here go last. benchmarks/RESULTS.md, "make test's file order".
 LONGEST_FIRST = [
-    "test_sweep.py", "test_cli.py", "test_ablation.py", "test_tuning.py", "test_pareto.py",
-    "test_ui.py", "test_evaluate.py", "test_snapshot.py", "test_workers.py",
-    "test_cpu_memory.py", "test_bad_input.py", "test_accounting.py", "test_engine_deps.py",
-    "test_precision.py", "test_model.py", "test_lr_finder.py", "test_train.py", "test_chance.py",
+    "test_sweep.py", "test_machines.py", "test_tuning.py", "test_workers.py", "test_pareto.py",
+    "test_cli.py", "test_notebooks.py", "test_ablation.py", "test_ui.py", "test_snapshot.py",
+    "test_cpu_memory.py", "test_api.py", "test_notebook.py", "test_bad_input.py",
+    "test_evaluate.py", "test_accounting.py", "test_dashboard.py", "test_engine_deps.py",
+    "test_model.py", "test_lr_finder.py", "test_docs.py", "test_train.py", "test_chance.py",
+    "test_precision.py",
 ]  # fmt: skip
 
 
@@ -157,3 +163,59 @@ def with_mlflow_store(folder: Path, mlflow_db: Path) -> Path:
 def work(tmp_path: Path, mlflow_db: Path) -> Path:
     """tmp_path with a ready (empty) default MLflow store in mlruns/."""
     return with_mlflow_store(tmp_path, mlflow_db)
+
+
+# variables a test's environment may hold that a command must not inherit (as test_sweep._env)
+_NOT_INHERITED = (
+    "MLFLOW_TRACKING_URI", "NIN_SEARCH_STORAGE", "NIN_SEARCH_HEARTBEAT_S", "NIN_SEARCH_COMMAND",
+)  # fmt: skip
+
+
+def nin_here(*argv: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m nin_search ARGV` in cwd, run in this process through cli.main: its exit code,
+    stdout and stderr as subprocess.run gives them. For claims about what a command does, not
+    about the process it runs in (signals, kills, concurrent workers, the `python -m` entry
+    point keep a subprocess): it saves the ~3 s of imports a new python pays.
+
+    The environment is the one the tests' subprocesses get (no store named, offline), plus env;
+    the working directory, environment, MLflow's tracking URI and Optuna's verbosity are put
+    back afterwards."""
+    import mlflow.tracking._tracking_service.utils as mlflow_uri
+    import optuna
+
+    from nin_search.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    verbosity = optuna.logging.get_verbosity()
+    env_before = dict(os.environ)
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    handlers = {s: signal.getsignal(s) for s in signals}
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(cwd)
+            for k in _NOT_INHERITED:
+                os.environ.pop(k, None)
+            os.environ.update({"NIN_SEARCH_OFFLINE": "1"} | (env or {}))
+            # set_tracking_uri keeps the URI in this module global
+            mp.setattr(mlflow_uri, "_tracking_uri", mlflow_uri._tracking_uri)
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    code = main(list(argv))
+                except SystemExit as e:  # argparse's usage errors
+                    code = e.code if isinstance(e.code, int) else 1
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)
+        optuna.logging.set_verbosity(verbosity)
+        changed = {s for s in signals if signal.getsignal(s) != handlers[s]}
+        for s in signals:
+            signal.signal(s, handlers[s])
+    assert not changed, f"signal handlers left changed: {changed}"
+    return subprocess.CompletedProcess(list(argv), code, out.getvalue(), err.getvalue())
+
+
+def nin_here_ok(*argv: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """nin_here that must exit 0 (its output shown where it does not)."""
+    res = nin_here(*argv, cwd=cwd, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res

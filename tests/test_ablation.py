@@ -17,7 +17,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from conftest import with_mlflow_store
+from conftest import nin_here, nin_here_ok, with_mlflow_store
 from optuna.trial import TrialState
 from scipy import stats as sps
 from test_sweep import (
@@ -25,7 +25,6 @@ from test_sweep import (
     _env,
     runs,
     sqlite_url,
-    sweep_ok,
     swept_here,
     tables,
     trials,
@@ -162,7 +161,7 @@ def start_nin(*args: str, cwd: Path, env=None, stdout=subprocess.PIPE) -> subpro
 def abl(tmp_path_factory, mlflow_db: Path, data: Path) -> SimpleNamespace:
     folder = with_mlflow_store(tmp_path_factory.mktemp("ablation"), mlflow_db)
     (folder / "abl.toml").write_text(ablation_text("abl", data))
-    first = nin_ok("ablate", "abl.toml", "--final-eval", cwd=folder)
+    first = nin_here_ok("ablate", "abl.toml", "--final-eval", cwd=folder)
     return SimpleNamespace(folder=folder, first=first)
 
 
@@ -249,10 +248,10 @@ def test_ablation_summary_matches_the_trials(abl):
 
 
 def test_ablation_resume_and_more_seeds_skip_finished_cells(abl, tmp_path, data):
-    again = nin_ok("ablate", "abl.toml", cwd=abl.folder)
+    again = nin_here_ok("ablate", "abl.toml", cwd=abl.folder)
     assert "nothing to do" in again.stdout
     assert len(trials(abl.folder, "abl")) == 4
-    more = nin_ok("ablate", "abl.toml", "--seeds", "3", cwd=abl.folder)
+    more = nin_here_ok("ablate", "abl.toml", "--seeds", "3", cwd=abl.folder)
     ts = trials(abl.folder, "abl")
     new = sorted((t.params["arm"], t.params["train.seed"]) for t in ts[4:])
     assert new == [("fc", 2), ("gap", 2)]  # only the new seed's cells ran
@@ -263,7 +262,7 @@ def test_ablation_resume_and_more_seeds_skip_finished_cells(abl, tmp_path, data)
 
 def test_ablation_reruns_a_failed_cell_only(work, data):
     (work / "abl.toml").write_text(ablation_text("fails", data, seeds="[0]"))
-    nin_ok("ablate", "abl.toml", cwd=work)
+    nin_here_ok("ablate", "abl.toml", cwd=work)
     study = optuna.load_study(study_name="fails", storage=sqlite_url(work))
     # an interrupted cell: the fc run of seed 2 failed (as after Ctrl-C)
     study.add_trial(
@@ -277,7 +276,7 @@ def test_ablation_reruns_a_failed_cell_only(work, data):
             system_attrs={"nin_cell": {"arm": "fc", "train.seed": 2}},
         )
     )
-    res = nin_ok("ablate", "abl.toml", "--seeds", "3", cwd=work)
+    res = nin_here_ok("ablate", "abl.toml", "--seeds", "3", cwd=work)
     ts = trials(work, "fails")
     ran = [(t.params["arm"], t.params["train.seed"]) for t in ts[3:]]
     # the failed cell again, first (its snapshot's epochs wait for it), though it is the last
@@ -370,7 +369,7 @@ def test_ablation_with_two_workers_finishes_every_cell(work, data):
 
 
 def test_ablation_with_changed_settings_is_refused(abl):
-    res = nin("ablate", "abl.toml", "--set", "train.lr=0.01", cwd=abl.folder)
+    res = nin_here("ablate", "abl.toml", "--set", "train.lr=0.01", cwd=abl.folder)
     assert res.returncode == 2, res.stderr
     assert "train.lr: 0.003 -> 0.01" in res.stderr and "Traceback" not in res.stderr
 
@@ -379,7 +378,7 @@ def test_ablation_with_changed_settings_is_refused(abl):
 
 
 def test_report_of_an_ablation_by_name(abl, tmp_path):
-    res = nin_ok("report", "abl", "--out", str(tmp_path), cwd=abl.folder)
+    res = nin_here_ok("report", "abl", "--out", str(tmp_path), cwd=abl.folder)
     assert (tmp_path / "abl" / "summary.csv").is_file()
     assert "# Ablation abl" in res.stdout
 
@@ -388,8 +387,8 @@ def test_report_of_a_sweep(work, data):
     write_study(work, "rep", data, n_trials=4, settings={"train.epochs": 3},
                 params={"train.lr": "{ low = 1e-3, high = 1e-2, log = true }",
                         "model.dropout": "{ low = 0.0, high = 0.5 }"})  # fmt: skip
-    sweep_ok("study.toml", cwd=work)
-    res = nin_ok("report", "study.toml", cwd=work)
+    nin_here_ok("sweep", "study.toml", cwd=work)
+    res = nin_here_ok("report", "study.toml", cwd=work)
     out = work / "reports" / "rep"
     study = optuna.load_study(study_name="rep", storage=sqlite_url(work))
     best = study.best_trial
@@ -410,7 +409,7 @@ def test_report_of_a_sweep(work, data):
 
 
 def test_report_of_an_unknown_study_is_one_line(tmp_path):
-    res = nin("report", "nope", cwd=tmp_path)
+    res = nin_here("report", "nope", cwd=tmp_path)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().count("\n") == 0
     assert "study 'nope' is not in sqlite:///mlruns/optuna.db" in res.stderr
@@ -451,7 +450,7 @@ def test_bad_ablation_file_exits_2_with_one_line_and_writes_nothing(
     kw, message = BAD[case]
     (tmp_path / "bad.toml").write_text(ablation_text("bad", data, **kw))
     monkeypatch.chdir(tmp_path)  # in-process: the CLI's own error path, without a new python
-    assert cli.main(["ablate", "bad.toml"]) == 2
+    assert cli(["ablate", "bad.toml"]) == 2
     err = capsys.readouterr().err
     assert message in err, err
     assert err.startswith("error: bad.toml") and err.count("\n") == 1
@@ -519,8 +518,8 @@ def test_pareto_check_reruns_the_front_trial_it_names_on_paired_seeds(
 
 
 def test_killed_ablation_worker_cell_is_retried_under_its_own_arm(work, data):
-    # long enough cells that the kill lands in one
-    text = ablation_text("kill", data, seeds="[0]").replace("epochs = 2", "epochs = 40")
+    # long enough cells that the kill lands in one (a trial is killed as soon as it runs)
+    text = ablation_text("kill", data, seeds="[0]").replace("epochs = 2", "epochs = 15")
     (work / "abl.toml").write_text(text)
     beat = {"NIN_SEARCH_HEARTBEAT_S": "1"}  # a silent trial is stale after 3 s
     proc = start_nin("ablate", "abl.toml", cwd=work, env=beat)
@@ -528,7 +527,7 @@ def test_killed_ablation_worker_cell_is_retried_under_its_own_arm(work, data):
     proc.kill()  # SIGKILL: the trial stays RUNNING until its heartbeat is found stale
     proc.communicate()
     time.sleep(3.5)
-    nin_ok("ablate", "abl.toml", cwd=work, env=beat)
+    nin_here_ok("ablate", "abl.toml", cwd=work, env=beat)  # the rerun: in this process
     ts = {t.number: t for t in trials(work, "kill")}
     dead = ts[killed]
     (retry,) = [t for t in ts.values() if t.system_attrs.get("failed_trial") == killed]

@@ -35,7 +35,7 @@ import mlflow.tracking._tracking_service.utils as mlflow_uri
 import optuna
 import pytest
 import torch
-from conftest import write_idx
+from conftest import with_mlflow_store, write_idx
 from test_ablation import ablation_text
 from test_sweep import study_text
 
@@ -67,10 +67,6 @@ def finish(proc: subprocess.Popen, timeout: float = 120) -> subprocess.Completed
         proc.communicate()
         raise
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def run_cli(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return finish(start_cli(args, cwd, env))
 
 
 @dataclass(frozen=True)
@@ -855,18 +851,18 @@ def _runs(folder: Path, name: str):
 
 
 def test_an_unwritable_artifact_store_is_one_line_and_the_rerun_keeps_the_parent(
-    tmp_path: Path, data: Path
+    tmp_path: Path, data: Path, mlflow_db: Path, call_main
 ):
     import mlflow
 
     # the experiment's artifacts go below a plain file: the parent run's first artifact fails
     # (as on a read-only or full mlruns/; chmod does not stop root, a file in the way does)
     (tmp_path / "blocked").write_text("a file where a folder is expected")
-    (tmp_path / "mlruns").mkdir()
+    with_mlflow_store(tmp_path, mlflow_db)  # the store itself is fine: a ready empty one
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     client.create_experiment("art", artifact_location=(tmp_path / "blocked" / "a").as_uri())
     (tmp_path / "s.toml").write_text(study_text("art", data, n_trials=1))
-    res = run_cli(["sweep", "s.toml"], tmp_path)
+    res = call_main(["sweep", "s.toml"], tmp_path, {})
     # one line, a clear non-zero exit, no traceback
     assert res.returncode == 1, res.stdout + res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
@@ -879,7 +875,7 @@ def test_an_unwritable_artifact_store_is_one_line_and_the_rerun_keeps_the_parent
     assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
     # the way cleared, the rerun resumes under the same parent run and finishes its trial
     (tmp_path / "blocked").unlink()
-    res = run_cli(["sweep", "s.toml"], tmp_path)
+    res = call_main(["sweep", "s.toml"], tmp_path, {})
     assert res.returncode == 0, res.stderr
     runs = _runs(tmp_path, "art")
     assert [r.info.run_id for r in runs if r.data.tags.get("nin.role") == "study"] == [
@@ -908,18 +904,18 @@ def small_disk(tmp_path: Path):
 
 
 def test_a_full_disk_mid_sweep_fails_the_trial_in_one_line_and_the_rerun_resumes(
-    small_disk: Path, tmp_path: Path, data: Path
+    small_disk: Path, tmp_path: Path, data: Path, call_main
 ):
     (small_disk / "s.toml").write_text(study_text("full", data, n_trials=2))
     # Optuna's store elsewhere, so the failed trial can be recorded; MLflow's on the small disk
     storage = f"sqlite:///{tmp_path}/optuna.db"
     args = ["sweep", "s.toml", "--storage", storage]
-    assert run_cli([*args, "--n-trials", "1"], small_disk).returncode == 0
+    assert call_main([*args, "--n-trials", "1"], small_disk, {}).returncode == 0
     filler = small_disk / "filler"
     with open(filler, "wb") as fh, contextlib.suppress(OSError):
         while True:
             fh.write(b"\0" * (1 << 20))
-    res = run_cli(args, small_disk)
+    res = call_main(args, small_disk, {})
     # the disk is full: one line, exit 1, no traceback
     assert res.returncode == 1, res.stdout + res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
@@ -929,7 +925,7 @@ def test_a_full_disk_mid_sweep_fails_the_trial_in_one_line_and_the_rerun_resumes
     assert all(r.info.status != "RUNNING" for r in _runs(small_disk, "full"))
     # space freed, the same command finishes the study under its one parent run
     filler.unlink()
-    res = run_cli(args, small_disk)
+    res = call_main(args, small_disk, {})
     assert res.returncode == 0, res.stderr
     runs = _runs(small_disk, "full")
     assert sum(r.data.tags.get("nin.role") == "study" for r in runs) == 1

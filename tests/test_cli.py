@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from conftest import squares, with_mlflow_store, write_idx
+from conftest import nin_here, squares, with_mlflow_store, write_idx
 
 from nin_search.engine.chance import at_chance
 from nin_search.engine.config import FINDER_RULES, ConfigError
@@ -60,7 +60,7 @@ def tiny_stored(tiny: Path, mlflow_db: Path) -> Path:
 
 
 def test_train_logs_params_and_per_epoch_metrics_to_the_default_store(tiny: Path):
-    res = cli(
+    res = nin_here(
         "train",
         "--config",
         "tiny.toml",
@@ -116,7 +116,7 @@ def test_train_logs_params_and_per_epoch_metrics_to_the_default_store(tiny: Path
 
 
 def test_auto_profile_says_which_profile_it_picked(tiny_stored: Path):
-    res = cli(
+    res = nin_here(
         "train",
         "--config",
         "tiny.toml",
@@ -165,7 +165,7 @@ def test_two_commands_started_together_on_a_fresh_store_both_finish(tiny: Path):
 
 
 def test_diverging_run_exits_1_and_ends_failed(tiny_stored: Path):
-    res = cli(
+    res = nin_here(
         "train",
         "--config",
         "tiny.toml",
@@ -207,9 +207,8 @@ def test_a_run_that_collapses_to_chance_exits_1_and_ends_failed(tmp_path: Path, 
         "model.batch_norm=true", "model.dropout=0", "train.optimizer='sgd'",
         "train.schedule='onecycle'", "train.epochs=3", "train.lr=1", "train.precision='fp32'",
     ]  # fmt: skip
-    # one thread, as in-process tests run (conftest): the fall is a draw that the sums' order sways
-    one = {"OMP_NUM_THREADS": "1"}
-    res = cli("train", *[a for s in sets for a in ("--set", s)], cwd=work, env=one)
+    # in this process, on its one thread (conftest): the fall is a draw that the sums' order sways
+    res = nin_here("train", *[a for s in sets for a in ("--set", s)], cwd=work)
     assert res.returncode == 1, res.stderr
     assert "diverged: collapsed at epoch 3 (its lr up to 0.406): val accuracy fell" in res.stdout
     assert "done:" not in res.stdout
@@ -223,7 +222,7 @@ def test_a_run_that_collapses_to_chance_exits_1_and_ends_failed(tmp_path: Path, 
 
 
 def test_summary_json_has_totals_and_output_shapes(tmp_path: Path):
-    res = cli("summary", "--format", "json", cwd=tmp_path)
+    res = nin_here("summary", "--format", "json", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     s = json.loads(res.stdout)
     # the d2l figures at 1x224x224, and 224 becomes 54 after the first conv
@@ -236,7 +235,7 @@ def test_summary_json_has_totals_and_output_shapes(tmp_path: Path):
 
 
 def test_summary_table_explains_dropped_pixels_and_memory(tmp_path: Path):
-    res = cli("summary", "--set", "train.optimizer=adam", cwd=tmp_path)
+    res = nin_here("summary", "--set", "train.optimizer=adam", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "1,992,166" in res.stdout and "762,297,352" in res.stdout
     assert "block1.conv: 1 px at bottom/right" in res.stdout
@@ -245,7 +244,7 @@ def test_summary_table_explains_dropped_pixels_and_memory(tmp_path: Path):
 
 
 def test_summary_csv_lists_every_layer(tmp_path: Path):
-    res = cli("summary", "--format", "csv", "--set", "model.head=fc", cwd=tmp_path)
+    res = nin_here("summary", "--format", "csv", "--set", "model.head=fc", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.strip().splitlines()
     assert lines[0].startswith("layer,type,output_shape,params,macs")
@@ -271,7 +270,8 @@ BAD = [
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str):
     (tmp_path / "broken.toml").write_text("[train\nlr = 0.1\n")
     (tmp_path / "unknown.toml").write_text("[optim]\nlr = 0.1\n")
-    res = cli("summary", *args, cwd=tmp_path)
+    # in-process: the CLI's own error path (test_bad_input runs it through `python -m`)
+    res = nin_here("summary", *args, cwd=tmp_path)
     assert res.returncode == 2
     # one line on stderr, naming the key or file, and no traceback
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
@@ -284,7 +284,9 @@ def test_missing_data_is_one_line_listing_every_way(tmp_path: Path):
     # download, so every way fails
     assert not Path("/usr/share/datasets/mnist").exists()
     # no folder named: the whole search order is tried (a named one is the only place looked)
-    res = cli("train", "--set", "data.dataset=mnist", cwd=tmp_path, env={"NIN_SEARCH_DATA": ""})
+    res = nin_here(
+        "train", "--set", "data.dataset=mnist", cwd=tmp_path, env={"NIN_SEARCH_DATA": ""}
+    )
     assert res.returncode == 2
     assert len(res.stderr.strip().splitlines()) == 1
     for way in ("data.data_dir", "dataset-mnist", "./data", "download", "NIN_SEARCH_DATA"):
@@ -300,7 +302,7 @@ def test_debug_shows_the_traceback(tmp_path: Path):
 def test_unusable_tracking_store_is_one_line(tiny: Path):
     (tiny / "a_file").write_text("not a folder")
     uri = f"sqlite:///{tiny}/a_file/mlflow.db"  # a database path below a plain file
-    res = cli(
+    res = nin_here(
         "train",
         "--config",
         "tiny.toml",
@@ -315,7 +317,7 @@ def test_unusable_tracking_store_is_one_line(tiny: Path):
 
 
 def test_lr_finder_writes_json_html_and_an_mlflow_run(tiny_stored: Path):
-    res = cli(
+    res = nin_here(
         "lr-finder",
         "--config",
         "tiny.toml",

@@ -15,9 +15,9 @@ from types import SimpleNamespace
 import mlflow
 import pytest
 import torch
-from conftest import squares, with_mlflow_store, write_idx
-from test_cli import TINY, cli
-from test_sweep import study_text, sweep_ok
+from conftest import nin_here, nin_here_ok, squares, with_mlflow_store, write_idx
+from test_cli import TINY
+from test_sweep import study_text
 
 from nin_search.engine.config import ConfigError
 
@@ -52,7 +52,7 @@ def trained(tmp_path_factory, mlflow_db: Path) -> SimpleNamespace:
         write_idx(folder / "idx" / f"{prefix}-images-idx3-ubyte", x)
         write_idx(folder / "idx" / f"{prefix}-labels-idx1-ubyte", y)
     (folder / "tiny.toml").write_text(TINY)
-    res = cli(
+    res = nin_here(
         "train", "--config", "tiny.toml", "--set", f"data.data_dir={folder / 'idx'}",
         "--final-eval", cwd=folder,
     )  # fmt: skip
@@ -102,7 +102,7 @@ def test_final_eval_logs_the_confusion_matrix_and_gallery_to_the_train_run(train
 
 @pytest.fixture(scope="module")
 def evaluated(trained) -> SimpleNamespace:
-    res = cli("evaluate", trained.id, "--out", "ev", "--images", "10", cwd=trained.folder)
+    res = nin_here("evaluate", trained.id, "--out", "ev", "--images", "10", cwd=trained.folder)
     assert res.returncode == 0, res.stderr
     return SimpleNamespace(res=res, out=trained.folder / "ev")
 
@@ -148,7 +148,7 @@ def test_gallery_holds_n_labelled_28px_images_misclassified_first(evaluated):
 
 
 def test_evaluate_on_val_logs_its_files_to_the_run(trained):
-    res = cli("evaluate", trained.id, "--split", "val", "--out", "ev-val", cwd=trained.folder)
+    res = nin_here("evaluate", trained.id, "--split", "val", "--out", "ev-val", cwd=trained.folder)
     assert res.returncode == 0, res.stderr
     last_val = trained.client.get_metric_history(trained.id, "val_acc")[-1].value
     # the validation split as fit() evaluated it after the last epoch
@@ -191,12 +191,14 @@ def swept(tmp_path_factory, mlflow_db: Path, data: Path) -> SimpleNamespace:
     folder = with_mlflow_store(tmp_path_factory.mktemp("swept"), mlflow_db)
     top = 'objective = "best_val_loss"'
     (folder / "study.toml").write_text(_lr_study(data, 1e-7, top))
-    first = sweep_ok("study.toml", cwd=folder)
+    first = nin_here_ok("sweep", "study.toml", cwd=folder)
     client = _store(folder)
     v1 = client.get_model_version_by_alias("keep-sweep", "best")
-    ev1 = cli("evaluate", "models:/keep-sweep@best", "--split", "val", "--out", "e1", cwd=folder)
+    ev1 = nin_here(
+        "evaluate", "models:/keep-sweep@best", "--split", "val", "--out", "e1", cwd=folder
+    )
     (folder / "study.toml").write_text(_lr_study(data, 3e-3, top))
-    second = sweep_ok("study.toml", "--n-trials", "2", cwd=folder)
+    second = nin_here_ok("sweep", "study.toml", "--n-trials", "2", cwd=folder)
     return SimpleNamespace(
         folder=folder, first=first, second=second, client=client, v1=v1, ev1=ev1
     )
@@ -228,7 +230,7 @@ def test_resumed_sweep_that_improves_moves_the_alias_and_drops_the_old_model(swe
 
 
 def test_sweep_report_links_the_kept_model_and_the_best_confusion_matrix(swept):
-    res = cli("report", "study.toml", cwd=swept.folder)
+    res = nin_here("report", "study.toml", cwd=swept.folder)
     assert res.returncode == 0, res.stderr
     out = swept.folder / "reports" / "keep-sweep"
     index = (out / "index.html").read_text()
@@ -245,7 +247,7 @@ def test_keep_models_all_keeps_every_trial_and_none_keeps_nothing(
     from nin_search.tracking.models import live_models
 
     (work / "s.toml").write_text(study_text("keep-" + keep, data, top=f'keep_models = "{keep}"'))
-    res = sweep_ok("s.toml", cwd=work)
+    res = nin_here_ok("sweep", "s.toml", cwd=work)
     _store(work)
     assert len(live_models("keep-" + keep)) == models
     # nothing kept, nothing registered
@@ -382,7 +384,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(trained, case: str, mon
 
 
 def test_a_bad_run_id_through_the_cli_is_one_line_without_traceback(trained):
-    res = cli("evaluate", "0123456789abcdef0123456789abcdef", cwd=trained.folder)
+    res = nin_here("evaluate", "0123456789abcdef0123456789abcdef", cwd=trained.folder)
     assert res.returncode == 2
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "0123456789abcdef0123456789abcdef" in res.stderr and "Traceback" not in res.stderr

@@ -22,6 +22,7 @@ import optuna
 import pytest
 import sqlalchemy
 import test_sweep
+from conftest import nin_here
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 from test_ablation import ablation_text
@@ -237,13 +238,11 @@ def fleet(tmp_path_factory, data: Path, pg: SimpleNamespace, server: MlflowServe
         pg.proxy.outage(4)  # then PostgreSQL: every connection cut, none for 4 s
         pg_up = time.time()
         outs = [p.communicate(timeout=600) for p in procs[1:]]
-        rep = subprocess.run(
-            [sys.executable, "-m", "nin_search", "report", name],
+        rep = nin_here(  # in this process: a machine is its own working directory here
+            "report",
+            name,
             cwd=machine(tmp_path_factory, "m3"),
-            env=_env({"NIN_SEARCH_STORAGE": pg.url, "MLFLOW_TRACKING_URI": server.url}),
-            capture_output=True,
-            text=True,
-            timeout=300,
+            env={"NIN_SEARCH_STORAGE": pg.url, "MLFLOW_TRACKING_URI": server.url},
         )
         study = optuna.load_study(study_name=name, storage=pg.direct)
         yield SimpleNamespace(

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,15 +14,13 @@ import mlflow
 import optuna
 import pandas as pd
 import pytest
-from conftest import with_mlflow_store
+from conftest import nin_here, nin_here_ok, with_mlflow_store
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 from test_sweep import (
-    _env,
     children,
     parents,
     sqlite_url,
-    sweep,
     sweep_ok,
     sweep_refused,
     write_study,
@@ -58,24 +54,17 @@ def pareto(tmp_path_factory, data: Path, mlflow_db: Path) -> SimpleNamespace:
         top=PARETO + '\n[reference]\nlabel = "tiny NiN"\nbest_val_acc = 0.5',
         sampler='type = "tpe"\nseed = 0\nn_startup_trials = 2',
     )
-    first = sweep_ok("study.toml", "--n-trials", "2", cwd=folder)
-    second = sweep_ok("study.toml", cwd=folder)
+    first = nin_here_ok("sweep", "study.toml", "--n-trials", "2", cwd=folder)
+    second = nin_here_ok("sweep", "study.toml", cwd=folder)
     report = cli_report(folder)
     study = optuna.load_study(study_name="pareto", storage=sqlite_url(folder))
     return SimpleNamespace(folder=folder, first=first, second=second, study=study, report=report)
 
 
 def cli_report(folder: Path, name: str = "pareto") -> Path:
-    """`python -m nin_search report study.toml --out out` in folder; its report folder (what the
+    """`report study.toml --out out` in folder (in this process); its report folder (what the
     command printed is in its stdout.txt)."""
-    res = subprocess.run(
-        [sys.executable, "-m", "nin_search", "report", "study.toml", "--out", "out"],
-        cwd=folder,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    res = nin_here("report", "study.toml", "--out", "out", cwd=folder)
     # the report command succeeded
     assert res.returncode == 0, res.stderr
     (folder / "out" / name / "stdout.txt").write_text(res.stdout)
@@ -106,7 +95,7 @@ def test_resume_with_other_objectives_of_the_same_directions_is_refused(pareto):
     # macs -> params: still (maximize, minimize), but the stored values are MACs
     text = (pareto.folder / "study.toml").read_text().replace('"macs"]', '"params"]')
     (pareto.folder / "other.toml").write_text(text)
-    res = sweep("other.toml", cwd=pareto.folder)
+    res = nin_here("sweep", "other.toml", cwd=pareto.folder)
     (pareto.folder / "other.toml").unlink()
     assert res.returncode == 2, res.stdout + res.stderr
     assert "was started with objective ['best_val_acc', 'macs']" in res.stderr
@@ -245,7 +234,7 @@ def swept_and_reported(tmp_path_factory, data: Path, mlflow_db: Path, name: str,
     """A sized study file of this name (kw: write_study's), swept to its target, then `report`."""
     folder = with_mlflow_store(tmp_path_factory.mktemp(name), mlflow_db)
     write_sized(folder, name, data, **kw)
-    res = sweep_ok("study.toml", cwd=folder)
+    res = nin_here_ok("sweep", "study.toml", cwd=folder)
     report = cli_report(folder, name)
     study = optuna.load_study(study_name=name, storage=sqlite_url(folder))
     return SimpleNamespace(folder=folder, res=res, study=study, report=report)
@@ -312,7 +301,7 @@ def test_diverged_multi_objective_trial_stops_at_once_and_its_run_fails(
         settings={"train.optimizer": "sgd", "model.width": 0.125},
         top=PARETO,
     )
-    sweep_ok("study.toml", cwd=folder)
+    nin_here_ok("sweep", "study.toml", cwd=folder)
     (trial,) = optuna.load_study(study_name="mdiverge", storage=sqlite_url(folder)).trials
     # no pruner, yet a non-finite loss ends the trial in its first epoch, with the reason
     assert trial.state == TrialState.PRUNED

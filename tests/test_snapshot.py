@@ -17,9 +17,9 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-from conftest import squares, with_mlflow_store
+from conftest import nin_here_ok, squares, with_mlflow_store
 from optuna.trial import TrialState
-from test_ablation import ablation_text, nin_ok, start_nin
+from test_ablation import ablation_text, start_nin
 from test_sweep import children, runs, start_sweep, swept_here, trials, write_study
 
 from nin_search.engine.config import load_config
@@ -307,14 +307,14 @@ def _snapshot_epoch(folder: Path) -> int:
 def test_a_killed_ablation_cell_resumes_from_its_snapshot_with_the_same_result(
     tmp_path, mlflow_db, data
 ):
-    epochs = 30
+    epochs = 12  # the kill lands after epoch 3's snapshot, well before the cell ends
     text = ablation_text("snap", data, seeds="[0]").replace("epochs = 2", f"epochs = {epochs}")
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     for folder in (straight, killed):
         folder.mkdir()
         with_mlflow_store(folder, mlflow_db)
         (folder / "abl.toml").write_text(text)
-    nin_ok("ablate", "abl.toml", cwd=straight)
+    nin_here_ok("ablate", "abl.toml", cwd=straight)
     assert not list((straight / ROOT).glob("*.pt"))  # finished cells leave no snapshot
 
     beat = {"NIN_SEARCH_HEARTBEAT_S": "1"}  # a silent trial is stale after 3 s
@@ -326,7 +326,7 @@ def test_a_killed_ablation_cell_resumes_from_its_snapshot_with_the_same_result(
     at = _snapshot_epoch(killed)
     assert 3 <= at < epochs
     time.sleep(3.5)
-    res = nin_ok("ablate", "abl.toml", cwd=killed, env=beat)
+    res = nin_here_ok("ablate", "abl.toml", cwd=killed, env=beat)  # the rerun: in this process
     # the killed cell went on from its snapshot: its replayed epochs are marked in the log
     replayed = [ln for ln in res.stdout.splitlines() if ln.endswith("from its snapshot")]
     assert len(replayed) == at, res.stdout
@@ -377,7 +377,7 @@ def test_a_sigtermed_ablation_cell_keeps_its_snapshot_and_the_rerun_goes_on(work
     assert proc.returncode == 130, err
     at = _snapshot_epoch(work)
     assert at >= 2  # kept
-    res = nin_ok("ablate", "abl.toml", cwd=work)
+    res = nin_here_ok("ablate", "abl.toml", cwd=work)  # the rerun: in this process
     replayed = [ln for ln in res.stdout.splitlines() if ln.endswith("from its snapshot")]
     assert len(replayed) == at, res.stdout
     assert not list((work / ROOT).glob("*.pt"))

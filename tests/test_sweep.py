@@ -19,7 +19,7 @@ import mlflow
 import mlflow.tracking._tracking_service.utils as mlflow_uri
 import optuna
 import pytest
-from conftest import with_mlflow_store
+from conftest import nin_here_ok, with_mlflow_store
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
@@ -182,7 +182,8 @@ def wait_for_running_trial(proc: subprocess.Popen, folder: Path, name: str) -> i
 def e2e(tmp_path_factory, data: Path) -> SimpleNamespace:
     folder = tmp_path_factory.mktemp("e2e")
     write_study(folder, "e2e", data, n_trials=3, settings={"train.epochs": 3})
-    res = sweep_ok("study.toml", cwd=folder)
+    # in this process (the sweeps of two_at_once and the kill tests are real `python -m` ones)
+    res = nin_here_ok("sweep", "study.toml", cwd=folder)
     return SimpleNamespace(folder=folder, res=res, trials=trials(folder, "e2e"))
 
 
@@ -294,7 +295,7 @@ def test_pruned_trial_records_its_epoch_and_ends_finished(work: Path, data: Path
             intermediate_values={1: 1.0, 2: 1.0},
         )
     )
-    sweep_ok("study.toml", cwd=work)
+    nin_here_ok("sweep", "study.toml", cwd=work)
     trial = trials(work, "prune")[1]
     # pruned after its first epoch, and Optuna knows where
     assert trial.state == TrialState.PRUNED
@@ -314,7 +315,7 @@ def test_diverged_trial_is_pruned_at_once_and_its_run_fails(work: Path, data: Pa
         params={"train.lr": "{ low = 50.0, high = 100.0 }"},
         settings={"train.optimizer": "sgd"},
     )
-    sweep_ok("study.toml", cwd=work)
+    nin_here_ok("sweep", "study.toml", cwd=work)
     (trial,) = trials(work, "diverge")
     # a non-finite loss ends the trial in the first epoch, pruned with the reason
     assert trial.state == TrialState.PRUNED
@@ -336,7 +337,7 @@ def test_a_trial_that_never_leaves_chance_completes_marked_at_chance(work: Path,
         params={"train.lr": "{ low = 1e-6, high = 2e-6 }"},
         settings={"model.final_relu": True, "train.optimizer": "sgd", "train.epochs": 1},
     )
-    sweep_ok("study.toml", cwd=work)
+    nin_here_ok("sweep", "study.toml", cwd=work)
     (trial,) = trials(work, "flat")
     assert trial.state == TrialState.COMPLETE
     assert at_chance(trial.user_attrs["val_acc"][-1], 64, 10)
@@ -494,9 +495,9 @@ def resumed(tmp_path_factory, data: Path, mlflow_db: Path) -> SimpleNamespace:
     """--n-trials 2, then the file's n_trials = 3, then once more."""
     folder = with_mlflow_store(tmp_path_factory.mktemp("resume"), mlflow_db)
     write_study(folder, "resume", data, n_trials=3)
-    first = sweep_ok("study.toml", "--n-trials", "2", cwd=folder)
-    second = sweep_ok("study.toml", cwd=folder)
-    third = sweep_ok("study.toml", cwd=folder)
+    first = nin_here_ok("sweep", "study.toml", "--n-trials", "2", cwd=folder)
+    second = nin_here_ok("sweep", "study.toml", cwd=folder)
+    third = nin_here_ok("sweep", "study.toml", cwd=folder)
     return SimpleNamespace(folder=folder, first=first, second=second, third=third)
 
 
@@ -602,7 +603,7 @@ def test_killed_worker_trial_is_failed_retried_and_its_run_ended(work: Path, dat
     proc.kill()  # SIGKILL: no finally, no atexit, the trial stays RUNNING
     proc.communicate()
     time.sleep(3.5)  # past the grace period
-    sweep_ok("study.toml", "--set", "train.epochs=2", cwd=work, env=beat)
+    nin_here_ok("sweep", "study.toml", "--set", "train.epochs=2", cwd=work, env=beat)  # rerun
     by_number = {t.number: t for t in trials(work, "kill")}
     dead = by_number[killed]
     (retry,) = [t for t in by_number.values() if t.system_attrs.get("failed_trial") == killed]
@@ -634,7 +635,7 @@ def test_ctrl_c_fails_the_trial_kills_its_run_and_the_rerun_resumes(work: Path, 
     client = mlflow.MlflowClient(f"sqlite:///{work / 'mlruns' / 'mlflow.db'}")
     run = client.get_run(trial.user_attrs["mlflow_run_id"])
     assert (run.info.status, run.data.tags["nin.state"]) == ("KILLED", "interrupted")
-    sweep_ok("study.toml", "--set", "train.epochs=2", cwd=work)
+    nin_here_ok("sweep", "study.toml", "--set", "train.epochs=2", cwd=work)
     # the next run goes on to the target
     assert [t.state for t in trials(work, "ctrlc")].count(TrialState.COMPLETE) == 1
 
@@ -645,7 +646,7 @@ def test_ctrl_c_fails_the_trial_kills_its_run_and_the_rerun_resumes(work: Path, 
 def test_journal_file_storage_runs_a_study_to_completion(work: Path, data: Path):
     write_study(work, "journal", data, n_trials=2)
     log = work / "study.log"
-    sweep_ok("study.toml", "--storage", str(log), cwd=work)
+    nin_here_ok("sweep", "study.toml", "--storage", str(log), cwd=work)
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(log)))
     # the study lives in the journal file, complete, and no SQLite study store was made
     assert [t.state for t in trials(work, "journal", storage)] == [TrialState.COMPLETE] * 2
@@ -743,7 +744,7 @@ def sweep_refused(folder: Path, monkeypatch, capfd) -> str:
     monkeypatch.chdir(folder)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("NIN_SEARCH_STORAGE", raising=False)
-    code = cli.main(["sweep", "study.toml"])
+    code = cli(["sweep", "study.toml"])
     _, err = capfd.readouterr()
     assert code == 2
     assert len(err.strip().splitlines()) == 1, err
@@ -757,7 +758,7 @@ def test_unreachable_storage_is_one_line_with_the_password_masked(
     write_study(tmp_path, "bad", data)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    code = cli.main(["sweep", "study.toml", "--storage", "postgresql://u:secret@127.0.0.1:1/db"])
+    code = cli(["sweep", "study.toml", "--storage", "postgresql://u:secret@127.0.0.1:1/db"])
     out, err = capfd.readouterr()
     # exit code 2, one line naming the storage with its password masked
     assert code == 2

@@ -16,10 +16,10 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from conftest import with_mlflow_store
+from conftest import nin_here, nin_here_ok, with_mlflow_store
 from optuna.trial import TrialState
 from scipy import stats as sps
-from test_ablation import ablation_text, nin, nin_ok, start_nin
+from test_ablation import ablation_text, nin_ok, start_nin
 from test_sweep import _env, runs, trials
 
 from nin_search.reports import stats
@@ -216,8 +216,8 @@ def tuning_runs(df: pd.DataFrame) -> pd.DataFrame:
 def finder(tmp_path_factory, mlflow_db: Path, data: Path) -> SimpleNamespace:
     folder = with_mlflow_store(tmp_path_factory.mktemp("perarm"), mlflow_db)
     (folder / "abl.toml").write_text(per_arm_text("perarm", data))
-    first = nin_ok("ablate", "abl.toml", cwd=folder)
-    second = nin_ok("ablate", "abl.toml", cwd=folder)
+    first = nin_here_ok("ablate", "abl.toml", cwd=folder)
+    second = nin_here_ok("ablate", "abl.toml", cwd=folder)
     return SimpleNamespace(folder=folder, first=first, second=second)
 
 
@@ -259,7 +259,7 @@ def test_resume_reruns_no_tuning_and_no_cell(finder):
 def test_no_recommendation_means_the_arm_is_not_run(work, data):
     # the plain NiN (no BatchNorm) in 40 steps: the loss never falls for either arm
     (work / "abl.toml").write_text(per_arm_text("nolr", data, seeds="[0]", bn=False))
-    res = nin_ok("ablate", "abl.toml", cwd=work)
+    res = nin_here_ok("ablate", "abl.toml", cwd=work)
     assert trials(work, "nolr") == []  # no cell ran at any other lr
     md = (work / "reports" / "nolr" / "summary.md").read_text()
     assert "sgd: not run: the lr-finder gave no recommendation" in md
@@ -290,7 +290,7 @@ def test_finder_killed_mid_test_reruns_and_leaves_no_run_running(work, data):
     assert list(left["status"]) == ["RUNNING"] and list(left["tags.nin.arm"]) == ["sgd"]
     url = f"sqlite:///{work / 'mlruns' / 'optuna.db'}"
     assert records(optuna.load_study(study_name="kfind", storage=url).user_attrs) == {}
-    res = nin_ok("ablate", "abl.toml", cwd=work)
+    res = nin_here_ok("ablate", "abl.toml", cwd=work)  # the rerun: in this process
     assert "arm sgd: lr-finder (" in res.stdout  # the killed step ran again
     df = runs(work, "kfind")
     tuning = tuning_runs(df).set_index("run_id")
@@ -338,7 +338,7 @@ def test_search_per_arm_tunes_on_a_tuning_seed_and_survives_sigkill(work, data):
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     time.sleep(3.5)  # past the heartbeat grace (3 x 1 s): the dead trial is failed and retried
-    res = nin("ablate", "abl.toml", cwd=work, env=beat, timeout=600)
+    res = nin_here("ablate", "abl.toml", cwd=work, env=beat)  # the rerun: in this process
     assert res.returncode == 0, res.stdout + res.stderr
     for arm in ARMS:
         tune = trials(work, f"search [tune {arm}]", url)
@@ -370,7 +370,7 @@ def test_search_per_arm_tunes_on_a_tuning_seed_and_survives_sigkill(work, data):
     assert tuning.groupby("tags.nin.arm").size().to_dict() == {"adam": 3, "sgd": 4}
     assert len(df[(df["tags.nin.role"] != "tuning") & df["tags.nin.arm"].notna()]) == 2
     before = {arm: len(trials(work, f"search [tune {arm}]", url)) for arm in ARMS}
-    again = nin_ok("ablate", "abl.toml", cwd=work, env=beat)  # finished: nothing reruns
+    again = nin_here_ok("ablate", "abl.toml", cwd=work, env=beat)  # finished: nothing reruns
     after = {arm: len(trials(work, f"search [tune {arm}]", url)) for arm in ARMS}
     assert after == before and len(trials(work, "search")) == len(cells)
     assert len(runs(work, "search")) == len(df)
@@ -396,7 +396,7 @@ def test_search_per_arm_tunes_on_a_tuning_seed_and_survives_sigkill(work, data):
 )
 def test_bad_per_arm_specs_exit_2_with_one_line(tmp_path, data, params, message):
     (tmp_path / "abl.toml").write_text(per_arm_text("bad", data, "[params]\n" + params + "\n"))
-    res = nin("ablate", "abl.toml", cwd=tmp_path)
+    res = nin_here("ablate", "abl.toml", cwd=tmp_path)  # in-process: the CLI's own error path
     assert res.returncode == 2, res.stdout + res.stderr
     assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert not (tmp_path / "mlruns").exists()
@@ -406,7 +406,7 @@ def test_an_arm_that_fixes_the_tuned_lr_is_refused(tmp_path, data):
     arms = {"sgd": {"train.optimizer": "sgd", "train.lr": 0.1}, "adam": ARMS["adam"]}
     text = ablation_text("fixed", data, arms=arms).replace("lr = 0.003\n", "") + FINDER
     (tmp_path / "abl.toml").write_text(text)
-    res = nin("ablate", "abl.toml", cwd=tmp_path)
+    res = nin_here("ablate", "abl.toml", cwd=tmp_path)
     assert res.returncode == 2 and "[arms.sgd] also set(s) train.lr" in res.stderr, res.stderr
 
 

@@ -14,11 +14,13 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import pytest
-from test_ablation import ablation_text, nin_ok
-from test_cli import TINY, cli
+from conftest import nin_here, nin_here_ok, with_mlflow_store
+from test_ablation import ablation_text
+from test_cli import TINY
 from test_sweep import _env
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -82,81 +84,88 @@ def ui_server(cwd: Path):
             server.wait()
 
 
-def test_mlflow_ui_lists_the_arm_runs(work: Path, data: Path):
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory, mlflow_db: Path, data: Path):
+    """One store holding a tiny ablation and a `train --final-eval` run, `ui` serving it and a
+    headless Chromium: the tests below look at different pages of the same server (one server
+    start and one browser start instead of two)."""
     from playwright.sync_api import sync_playwright
 
+    work = with_mlflow_store(tmp_path_factory.mktemp("ui"), mlflow_db)
     (work / "abl.toml").write_text(ablation_text("ui-ablation", data))
-    nin_ok("ablate", "abl.toml", cwd=work)
-    client = mlflow.MlflowClient(f"sqlite:///{work / 'mlruns' / 'mlflow.db'}")
-    exp_id = client.get_experiment_by_name("ui-ablation").experiment_id
-
-    with ui_server(work) as url:
-        port = int(url.rsplit(":", 1)[1])
-        outside = _outside_address()
-        if outside:  # bound to 127.0.0.1 only: not reachable on the machine's own address
-            with pytest.raises(OSError), socket.create_connection((outside, port), timeout=2):
-                pass
-        names = ["gap seed 0", "gap seed 1", "fc seed 0", "fc seed 1"]
-        with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
-            )
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            # the experiment's runs table (MLflow 3 opens on its GenAI view unless told)
-            page.goto(f"{url}/#/experiments/{exp_id}/runs?workflowType=machine_learning")
-            parent = page.get_by_role("link", name="ui-ablation", exact=True).first
-            parent.wait_for(timeout=90_000)
-            # the arm runs are children of the study's run: expand it (the + before its name)
-            row = page.locator("[role=row]", has=parent).first
-            row.locator("button[data-component-id*='runnamecellrenderer']").first.click()
-            for name in names:
-                page.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
-            shot = work / "mlflow_ui.png"
-            page.screenshot(path=str(shot), full_page=True)
-            browser.close()
-        assert shot.stat().st_size > 10_000
-        keep = os.environ.get("NIN_SEARCH_SCREENSHOTS")
-        if keep:  # a place to look at it afterwards
-            Path(keep).mkdir(parents=True, exist_ok=True)
-            shutil.copy(shot, Path(keep) / shot.name)
-
-
-def test_mlflow_ui_shows_a_train_runs_model_and_gallery(work: Path, data: Path):
-    from playwright.sync_api import sync_playwright
-
+    nin_here_ok("ablate", "abl.toml", cwd=work)
     (work / "tiny.toml").write_text(TINY)
-    res = cli(
+    res = nin_here(
         "train", "--config", "tiny.toml", "--set", f"data.data_dir={data}", "--final-eval",
         cwd=work,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
+    with ui_server(work) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            yield SimpleNamespace(work=work, url=url, browser=browser)
+        finally:
+            browser.close()
+
+
+def test_mlflow_ui_lists_the_arm_runs(ui):
+    work, url = ui.work, ui.url
+    client = mlflow.MlflowClient(f"sqlite:///{work / 'mlruns' / 'mlflow.db'}")
+    exp_id = client.get_experiment_by_name("ui-ablation").experiment_id
+
+    port = int(url.rsplit(":", 1)[1])
+    outside = _outside_address()
+    if outside:  # bound to 127.0.0.1 only: not reachable on the machine's own address
+        with pytest.raises(OSError), socket.create_connection((outside, port), timeout=2):
+            pass
+    names = ["gap seed 0", "gap seed 1", "fc seed 0", "fc seed 1"]
+    page = ui.browser.new_page(viewport={"width": 1600, "height": 1000})
+    # the experiment's runs table (MLflow 3 opens on its GenAI view unless told)
+    page.goto(f"{url}/#/experiments/{exp_id}/runs?workflowType=machine_learning")
+    parent = page.get_by_role("link", name="ui-ablation", exact=True).first
+    parent.wait_for(timeout=90_000)
+    # the arm runs are children of the study's run: expand it (the + before its name)
+    row = page.locator("[role=row]", has=parent).first
+    row.locator("button[data-component-id*='runnamecellrenderer']").first.click()
+    for name in names:
+        page.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
+    shot = work / "mlflow_ui.png"
+    page.screenshot(path=str(shot), full_page=True)
+    page.close()
+    assert shot.stat().st_size > 10_000
+    keep = os.environ.get("NIN_SEARCH_SCREENSHOTS")
+    if keep:  # a place to look at it afterwards
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(keep) / shot.name)
+
+
+def test_mlflow_ui_shows_a_train_runs_model_and_gallery(ui):
+    work, url = ui.work, ui.url
     client = mlflow.MlflowClient(f"sqlite:///{work / 'mlruns' / 'mlflow.db'}")
     exp_id = client.get_experiment_by_name("nin-train").experiment_id
     run = client.search_runs([exp_id])[0]
     model_id = run.outputs.model_outputs[0].model_id
     base = f"#/experiments/{exp_id}"
-    with ui_server(work) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        # the run's page lists its logged model, linked to the model's own page
-        page.goto(f"{url}/{base}/runs/{run.info.run_id}")
-        page.get_by_text("Logged models (1)").first.wait_for(timeout=90_000)
-        assert page.locator(f"a[href*='models/{model_id}']").count() >= 1
-        # its artifacts: the gallery of the final evaluation, previewed with its images
-        page.goto(f"{url}/{base}/runs/{run.info.run_id}/artifacts")
-        page.get_by_text("evaluation", exact=True).first.click()
-        page.get_by_text("test", exact=True).first.click()
-        page.get_by_text("predictions.html", exact=True).first.click()
-        gallery = page.frame_locator("iframe").first
-        gallery.locator("figure img").first.wait_for(timeout=90_000)
-        assert gallery.locator("figure").count() == 16  # the whole 16-image test split
-        assert "pred: " in gallery.locator("figure").first.inner_text()
-        page.screenshot(path=str(work / "mlflow_gallery.png"), full_page=True)
-        # the model's page: the MLflow model and the weights-only file beside it
-        page.goto(f"{url}/{base}/models/{model_id}/artifacts")
-        for name in ("MLmodel", "extra_files", "data"):
-            page.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
-        browser.close()
+    page = ui.browser.new_page(viewport={"width": 1600, "height": 1000})
+    # the run's page lists its logged model, linked to the model's own page
+    page.goto(f"{url}/{base}/runs/{run.info.run_id}")
+    page.get_by_text("Logged models (1)").first.wait_for(timeout=90_000)
+    assert page.locator(f"a[href*='models/{model_id}']").count() >= 1
+    # its artifacts: the gallery of the final evaluation, previewed with its images
+    page.goto(f"{url}/{base}/runs/{run.info.run_id}/artifacts")
+    page.get_by_text("evaluation", exact=True).first.click()
+    page.get_by_text("test", exact=True).first.click()
+    page.get_by_text("predictions.html", exact=True).first.click()
+    gallery = page.frame_locator("iframe").first
+    gallery.locator("figure img").first.wait_for(timeout=90_000)
+    assert gallery.locator("figure").count() == 16  # the whole 16-image test split
+    assert "pred: " in gallery.locator("figure").first.inner_text()
+    page.screenshot(path=str(work / "mlflow_gallery.png"), full_page=True)
+    # the model's page: the MLflow model and the weights-only file beside it
+    page.goto(f"{url}/{base}/models/{model_id}/artifacts")
+    for name in ("MLmodel", "extra_files", "data"):
+        page.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
+    page.close()
     keep = os.environ.get("NIN_SEARCH_SCREENSHOTS")
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)

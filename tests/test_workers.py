@@ -17,8 +17,9 @@ import mlflow
 import optuna
 import pytest
 import test_sweep
+from conftest import nin_here_ok
 from optuna.trial import TrialState
-from test_sweep import _env, start_sweep, sweep_ok, trials, wait_for_running_trial, write_study
+from test_sweep import _env, start_sweep, trials, wait_for_running_trial, write_study
 
 # the sweep tests' fixtures: a migrated MLflow store to copy, a folder holding one, PostgreSQL
 pg_url = test_sweep.pg_url
@@ -97,7 +98,8 @@ def test_rerun_within_the_grace_period_waits_fails_and_retries_the_dead_trial(
     killed = wait_for_running_trial(proc, work, "grace")
     proc.kill()  # SIGKILL in the one (the last) trial the study needs
     proc.communicate()
-    res = sweep_ok("study.toml", "--set", "train.epochs=2", cwd=work, env=beat)  # at once
+    # at once, in this process
+    res = nin_here_ok("sweep", "study.toml", "--set", "train.epochs=2", cwd=work, env=beat)
     by_number = {t.number: t for t in trials(work, "grace")}
     (retry,) = [t for t in by_number.values() if t.system_attrs.get("failed_trial") == killed]
     # the dead trial was failed, not left RUNNING, and its retry (not a new sample) finished
@@ -215,7 +217,7 @@ def test_grid_sweep_ends_when_its_grid_is_exhausted(work: Path, data: Path):
         params={"train.batch_size": "{ choices = [16, 32] }"},
         sampler='type = "grid"',
     )
-    res = sweep_ok("study.toml", cwd=work)
+    res = nin_here_ok("sweep", "study.toml", cwd=work)
     sizes = sorted(t.params["train.batch_size"] for t in trials(work, "grid"))
     # two grid points, each run once: the target of 5 does not make it repeat them
     assert sizes == [16, 32]
