@@ -3,10 +3,10 @@
     NIN_SEARCH_TEST_PG_URL=$(bash .ci/postgres.sh) \
         .venv/bin/python benchmarks/workers_fleet.py [--trials 12] [--epochs 4] [--workers 4]
 
-The set-up of tests/test_machines.py (and of README's "Workers on other machines"): a fresh
+The set-up of tests/search/test_machines.py (and of README's "Workers on other machines"): a fresh
 `mlflow server` on 127.0.0.1 with a PostgreSQL backend store and --serve-artifacts, the Optuna
 study on the same PostgreSQL server, each worker in its own empty working directory. One tiny
-study (tests/test_sweep.py's TINY model on synthetic 16 px images) runs three times under new
+study (tests/builders.py's STUDY_TINY, on synthetic 16 px images) runs three times under new
 names: on 1 worker; on --workers workers; on --workers workers while faults are injected (one
 worker SIGKILLed mid-trial, the MLflow server stopped and started again, PostgreSQL cut off for
 4 s through a TCP relay, as a restart looks to its clients). Prints per run: finished trials

@@ -22,7 +22,7 @@ from nin_search.engine.config import load_config
 from nin_search.engine.data import load_data, split_data
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-from conftest import squares  # noqa: E402  (the synthetic task of the tests)
+from builders import squares  # noqa: E402  (the synthetic task of the tests)
 
 BASE = [
     "model.head=fc", "model.batch_norm=true", "model.width=0.25", "train.optimizer=sgd",

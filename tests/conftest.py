@@ -4,17 +4,17 @@ MLflow store to copy, and nin_here: a command run in this process instead of a n
 from __future__ import annotations
 
 import contextlib
-import gzip
-import io
 import os
-import shutil
-import signal
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from builders import (
+    squares,
+    with_mlflow_store,
+    write_idx,
+)
 
 IMAGES_MAGIC = 0x00000803  # uint8, 3 dimensions: (N, rows, cols)
 LABELS_MAGIC = 0x00000801  # uint8, 1 dimension: (N,)
@@ -46,20 +46,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Order the files as LONGEST_FIRST says; a file's own tests keep their order."""
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-
-
-def idx_bytes(t: torch.Tensor) -> bytes:
-    """A uint8 tensor as an IDX file: big-endian magic (0, 0, 0x08, ndim), dims, raw bytes."""
-    header = (0x0800 + t.ndim).to_bytes(4, "big")
-    header += b"".join(d.to_bytes(4, "big") for d in t.shape)
-    return header + t.to(torch.uint8).contiguous().numpy().tobytes()
-
-
-def write_idx(path: Path, t: torch.Tensor) -> Path:
-    """Write t as an IDX file at path, gzipped when the name ends in .gz."""
-    raw = idx_bytes(t)
-    path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
-    return path
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -116,17 +102,6 @@ def offline_nowhere(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def squares(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """n uint8 28x28 images: class k is a bright block in cell k of a 2x5 grid, on dim noise."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 10, (n,), generator=g)
-    x = torch.randint(0, 40, (n, 28, 28), generator=g).to(torch.uint8)
-    for k in range(10):
-        r, c = divmod(k, 5)
-        x[y == k, 3 + 12 * r : 11 + 12 * r, 1 + 5 * c : 6 + 5 * c] = 255
-    return x, y
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """256 training and 16 test images of the squares task as IDX files."""
@@ -152,70 +127,19 @@ def mlflow_db(tmp_path_factory) -> Path:
     return path
 
 
-def with_mlflow_store(folder: Path, mlflow_db: Path) -> Path:
-    """folder with a ready (empty) default MLflow store in mlruns/."""
-    (folder / "mlruns").mkdir()
-    shutil.copy(mlflow_db, folder / "mlruns" / "mlflow.db")
-    return folder
-
-
 @pytest.fixture
 def work(tmp_path: Path, mlflow_db: Path) -> Path:
     """tmp_path with a ready (empty) default MLflow store in mlruns/."""
     return with_mlflow_store(tmp_path, mlflow_db)
 
 
-# variables a test's environment may hold that a command must not inherit (as test_sweep._env)
-_NOT_INHERITED = (
-    "MLFLOW_TRACKING_URI", "NIN_SEARCH_STORAGE", "NIN_SEARCH_HEARTBEAT_S", "NIN_SEARCH_COMMAND",
-)  # fmt: skip
-
-
-def nin_here(*argv: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m nin_search ARGV` in cwd, run in this process through cli.main: its exit code,
-    stdout and stderr as subprocess.run gives them. For claims about what a command does, not
-    about the process it runs in (signals, kills, concurrent workers, the `python -m` entry
-    point keep a subprocess): it saves the ~3 s of imports a new python pays.
-
-    The environment is the one the tests' subprocesses get (no store named, offline), plus env;
-    the working directory, environment, MLflow's tracking URI and Optuna's verbosity are put
-    back afterwards."""
-    import mlflow.tracking._tracking_service.utils as mlflow_uri
-    import optuna
-
-    from nin_search.cli.main import main
-
-    out, err = io.StringIO(), io.StringIO()
-    verbosity = optuna.logging.get_verbosity()
-    env_before = dict(os.environ)
-    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    handlers = {s: signal.getsignal(s) for s in signals}
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.chdir(cwd)
-            for k in _NOT_INHERITED:
-                os.environ.pop(k, None)
-            os.environ.update({"NIN_SEARCH_OFFLINE": "1"} | (env or {}))
-            # set_tracking_uri keeps the URI in this module global
-            mp.setattr(mlflow_uri, "_tracking_uri", mlflow_uri._tracking_uri)
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                try:
-                    code = main(list(argv))
-                except SystemExit as e:  # argparse's usage errors
-                    code = e.code if isinstance(e.code, int) else 1
-    finally:
-        os.environ.clear()
-        os.environ.update(env_before)
-        optuna.logging.set_verbosity(verbosity)
-        changed = {s for s in signals if signal.getsignal(s) != handlers[s]}
-        for s in signals:
-            signal.signal(s, handlers[s])
-    assert not changed, f"signal handlers left changed: {changed}"
-    return subprocess.CompletedProcess(list(argv), code, out.getvalue(), err.getvalue())
-
-
-def nin_here_ok(*argv: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    """nin_here that must exit 0 (its output shown where it does not)."""
-    res = nin_here(*argv, cwd=cwd, env=env)
-    assert res.returncode == 0, res.stdout + res.stderr
-    return res
+@pytest.fixture(scope="module")
+def pg_url() -> str:
+    """A PostgreSQL server's URL for the multi-machine tests: $NIN_SEARCH_TEST_PG_URL (CI sets it
+    through .ci/postgres.sh; without it they skip, and in CI they fail)."""
+    url = os.environ.get("NIN_SEARCH_TEST_PG_URL")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("CI must set NIN_SEARCH_TEST_PG_URL (see .ci/postgres.sh)")
+        pytest.skip("NIN_SEARCH_TEST_PG_URL is not set; `bash .ci/postgres.sh` prints one")
+    return url

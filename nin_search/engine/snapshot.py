@@ -12,7 +12,7 @@ schedule state, the batch-order generator and the global RNG (dropout), and the 
 A retry with the same resolved config (the same study, arm and seed: its params are the dead
 trial's) loads it, replays the finished epochs to on_epoch (so its new MLflow run and Optuna trial
 hold the whole curve) and trains on from the next epoch. On the CPU the result is bit for bit the
-uninterrupted run's (tests/test_snapshot.py); on CUDA, as deterministic as the kernels are.
+uninterrupted run's (tests/search/test_snapshot.py); on CUDA, as deterministic as the kernels are.
 
 The file's name hashes the scope (the study's store and name) and the whole resolved config, and
 the file holds the config too: a snapshot from another config (more epochs, another lr) is never

@@ -3,7 +3,7 @@
 Optuna's public API has no way to read a trial's system attributes inside a sampler's
 before_trial, to set one on a trial being created, to tell whether optimize() was asked to stop,
 or to test a storage for heartbeats; these do, as Optuna's own optimize() does. check() names
-any of them a newer Optuna no longer has, and tests/test_optuna_private.py runs it.
+any of them a newer Optuna no longer has, and tests/search/test_optuna_private.py runs it.
 """
 
 from __future__ import annotations

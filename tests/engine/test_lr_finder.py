@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import squares
+from builders import squares
 from torch import nn
 
 from nin_search.engine.config import (
@@ -235,7 +235,7 @@ def test_seeded_test_is_find_lrs_test_and_the_spread_probe_can_force_bf16():
     # experiments/lr_finder_spread.py forces bf16 (emulated on a CPU without bf16 units) with
     # its own copy of the test (the engine has no parameter for it): the same test at another
     # precision, equal to the engine's in fp32, close to it at the first steps in bf16
-    probe = Path(__file__).parents[1] / "experiments" / "lr_finder_spread.py"
+    probe = Path(__file__).parents[2] / "experiments" / "lr_finder_spread.py"
     forced_test = runpy.run_path(str(probe), run_name="probe")["forced_test"]
     fp32 = forced_test(cfg, data, 5, "fp32").losses
     bf16 = forced_test(cfg, data, 5, "bf16").losses

@@ -16,11 +16,19 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from conftest import nin_here, nin_here_ok, with_mlflow_store
+from builders import (
+    _env,
+    ablation_text,
+    nin_here,
+    nin_here_ok,
+    nin_ok,
+    runs,
+    start_nin,
+    trials,
+    with_mlflow_store,
+)
 from optuna.trial import TrialState
 from scipy import stats as sps
-from test_ablation import ablation_text, nin_ok, start_nin
-from test_sweep import _env, runs, trials
 
 from nin_search.reports import stats
 from nin_search.search.arm_lr import records

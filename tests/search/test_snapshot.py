@@ -17,10 +17,20 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-from conftest import nin_here_ok, squares, with_mlflow_store
+from builders import (
+    ablation_text,
+    children,
+    nin_here_ok,
+    runs,
+    squares,
+    start_nin,
+    start_sweep,
+    swept_here,
+    trials,
+    with_mlflow_store,
+    write_study,
+)
 from optuna.trial import TrialState
-from test_ablation import ablation_text, start_nin
-from test_sweep import children, runs, start_sweep, swept_here, trials, write_study
 
 from nin_search.engine.config import load_config
 from nin_search.engine.data import split_data

@@ -8,7 +8,7 @@ every image, the loss is finite, and the run used to end "completed" at 10 % val
 from __future__ import annotations
 
 import pytest
-from conftest import squares
+from builders import squares
 from scipy import stats
 
 from nin_search.engine.chance import (

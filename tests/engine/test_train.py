@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from conftest import squares
+from builders import squares
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 

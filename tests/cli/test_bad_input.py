@@ -35,9 +35,7 @@ import mlflow.tracking._tracking_service.utils as mlflow_uri
 import optuna
 import pytest
 import torch
-from conftest import with_mlflow_store, write_idx
-from test_ablation import ablation_text
-from test_sweep import study_text
+from builders import ablation_text, study_text, with_mlflow_store, write_idx
 
 from nin_search.cli.main import main
 from nin_search.engine.config import load_config

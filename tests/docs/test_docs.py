@@ -18,7 +18,7 @@ import nin_search
 from nin_search.cli.main import parser
 from nin_search.engine.config import Config, flatten
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 README_MAX_LINES = 150  # issue 36 §1: "at most ~150 lines"
 # pages that describe the commands as they are now (the results pages record past commands)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import squares
+from builders import squares
 from torch import nn
 
 import nin_search.engine.train as train

@@ -22,7 +22,7 @@ from nin_search.engine.config import (
     to_toml,
 )
 
-ROOT = str(Path(__file__).resolve().parents[1])
+ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def write(tmp_path, text: str, name: str = "run.toml") -> str:

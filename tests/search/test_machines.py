@@ -21,17 +21,13 @@ import mlflow
 import optuna
 import pytest
 import sqlalchemy
-import test_sweep
-from conftest import nin_here
+from builders import _env, ablation_text, nin_here, write_study
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
-from test_ablation import ablation_text
-from test_sweep import _env, write_study
 
 from nin_search.search.storage import open_storage
 from nin_search.stores.locks import StoreLock
 
-pg_url = test_sweep.pg_url  # the fixture: skips without $NIN_SEARCH_TEST_PG_URL
 N_TRIALS = 4
 EPOCHS = 8  # a trial of a few seconds: long enough to be killed or to outlive a restart
 

@@ -18,10 +18,8 @@ from types import SimpleNamespace
 
 import mlflow
 import pytest
-from conftest import nin_here, nin_here_ok, with_mlflow_store
-from test_ablation import ablation_text
-from test_cli import TINY
-from test_sweep import _env
+from builders import CLI_TINY as TINY
+from builders import _env, ablation_text, nin_here, nin_here_ok, with_mlflow_store
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 if not Path(CHROMIUM).exists() and not os.environ.get("CI"):  # CI installs it: never skip there

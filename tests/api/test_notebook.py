@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import with_mlflow_store
-from test_ablation import ablation_text
-from test_api import TINY
-from test_sweep import study_text
+from builders import API_TINY as TINY
+from builders import ablation_text, study_text, with_mlflow_store
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")

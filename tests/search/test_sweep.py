@@ -4,176 +4,38 @@ stores under tmp_path, tiny studies on an easy synthetic task, crashes, Ctrl-C a
 from __future__ import annotations
 
 import contextlib
-import io
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
-import mlflow.tracking._tracking_service.utils as mlflow_uri
 import optuna
 import pytest
-from conftest import nin_here_ok, with_mlflow_store
+from builders import (
+    children,
+    nin_here_ok,
+    parents,
+    runs,
+    sqlite_url,
+    start_sweep,
+    sweep_ok,
+    sweep_refused,
+    swept_here,
+    trials,
+    wait_for_running_trial,
+    with_mlflow_store,
+    write_study,
+)
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from nin_search.cli.main import main as cli
 from nin_search.engine.chance import at_chance
 from nin_search.engine.config import Config, flatten
-from nin_search.search.storage import DEFAULT_STORAGE
-from nin_search.search.sweep import check_space, run_sweep, space_fits
-from nin_search.spec.ablation import load_ablation
+from nin_search.search.sweep import check_space, space_fits
 from nin_search.spec.study import load_study
-
-# A small NiN on 16 px images: a 2-epoch trial takes under a second on one core.
-TINY = {
-    "model.preset": "lin2013",
-    "model.width": 0.25,
-    "model.final_relu": False,
-    "model.dropout": 0.0,
-    "data.resize": 16,
-    "data.val_size": 64,
-    "train.epochs": 2,
-    "train.batch_size": 32,
-    "train.optimizer": "adam",
-}
-LR = {"train.lr": "{ low = 1e-3, high = 1e-2, log = true }"}
-
-
-def tables(values: dict) -> list[str]:
-    """Dotted values as [model], [data] and [train] TOML tables."""
-    lines = []
-    for section in ("model", "data", "train"):
-        lines.append(f"[{section}]")
-        lines += [
-            f"{key.split('.', 1)[1]} = {json.dumps(value)}"
-            for key, value in values.items()
-            if key.startswith(section + ".")
-        ]
-    return lines
-
-
-def study_text(
-    name: str,
-    data: Path,
-    n_trials: int | str = 2,
-    params: dict[str, str] | None = None,
-    settings: dict | None = None,
-    sampler: str = 'type = "random"',
-    pruner: str = 'type = "none"',
-    top: str = "",
-) -> str:
-    """A study file: TINY (and settings) as tables, params as inline TOML tables."""
-    params = LR if params is None else params
-    # a searched key is not also fixed (load_study refuses that): TINY leaves it to the search
-    fixed = {k: v for k, v in TINY.items() if k not in params}
-    values = fixed | {"data.data_dir": str(data)} | (settings or {})
-    lines = [f"name = {json.dumps(name)}", f"n_trials = {n_trials}", top] + tables(values)
-    lines.append("[params]")
-    lines += [f'"{key}" = {spec}' for key, spec in params.items()]
-    lines += ["[sampler]", sampler, "[pruner]", pruner]
-    return "\n".join(lines) + "\n"
-
-
-def write_study(folder: Path, name: str, data: Path, **kw) -> Path:
-    path = folder / "study.toml"
-    path.write_text(study_text(name, data, **kw))
-    return path
-
-
-def _env(extra: dict | None = None) -> dict:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("MLFLOW_TRACKING_URI", "NIN_SEARCH_STORAGE", "NIN_SEARCH_HEARTBEAT_S")
-    }
-    # one torch thread per process: the concurrent tests share two cores
-    env |= {"NIN_SEARCH_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return env | (extra or {})
-
-
-def sweep(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m nin_search sweep ARGS` in cwd, so the default stores land in cwd/mlruns."""
-    return subprocess.run(
-        [sys.executable, "-m", "nin_search", "sweep", *args],
-        cwd=cwd,
-        env=_env(env),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def sweep_ok(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    """sweep() for a test's setup: a failing command fails the test with its stderr."""
-    res = sweep(*args, cwd=cwd, env=env)
-    # the command itself succeeded
-    assert res.returncode == 0, res.stderr
-    return res
-
-
-def start_sweep(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "nin_search", "sweep", *args],
-        cwd=cwd,
-        env=_env(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        # a shell without job control starts background jobs with SIGINT ignored, and Python
-        # then installs no KeyboardInterrupt handler: give the sweep the default disposition
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-
-
-def sqlite_url(folder: Path) -> str:
-    return f"sqlite:///{folder / 'mlruns' / 'optuna.db'}"
-
-
-def trials(folder: Path, name: str, storage=None) -> list[optuna.trial.FrozenTrial]:
-    study = optuna.load_study(study_name=name, storage=storage or sqlite_url(folder))
-    return study.get_trials(deepcopy=False)
-
-
-def runs(folder: Path, name: str):
-    """The experiment's MLflow runs (deleted ones left out) as a DataFrame."""
-    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
-    return mlflow.search_runs(experiment_names=[name])
-
-
-def children(folder: Path, name: str):
-    df = runs(folder, name)
-    return df[df["tags.nin.role"] != "study"]
-
-
-def parents(folder: Path, name: str):
-    df = runs(folder, name)
-    return df[df["tags.nin.role"] == "study"]
-
-
-def wait_for_running_trial(proc: subprocess.Popen, folder: Path, name: str) -> int:
-    """The number of the first RUNNING trial that has its MLflow run, once there is one."""
-    header = proc.stdout.readline()  # printed once the study and the parent run exist
-    assert header.startswith("study "), header + proc.stderr.read()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        running = [
-            t
-            for t in trials(folder, name)
-            if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs
-        ]
-        if running:
-            return running[0].number
-        assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.1)
-    raise AssertionError("no trial started within 120 s")
-
 
 # --- one tiny sweep through the CLI on fresh default stores -------------------------------
 
@@ -343,24 +205,6 @@ def test_a_trial_that_never_leaves_chance_completes_marked_at_chance(work: Path,
     assert at_chance(trial.user_attrs["val_acc"][-1], 64, 10)
     assert trial.user_attrs["at_chance"] is True
     assert children(work, "flat").iloc[0]["tags.nin.at_chance"] == "true"
-
-
-def swept_here(folder: Path, kind: str = "sweep") -> SimpleNamespace:
-    """run_sweep on folder/study.toml in this process, as `sweep` runs it there but without
-    the command's checks at load (check_space, check_arms): its exit code, stdout and stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    verbosity = optuna.logging.get_verbosity()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        for k in ("MLFLOW_TRACKING_URI", "NIN_SEARCH_STORAGE", "NIN_SEARCH_COMMAND"):
-            mp.delenv(k, raising=False)
-        mp.setenv("NIN_SEARCH_OFFLINE", "1")
-        mp.setattr(mlflow_uri, "_tracking_uri", mlflow_uri._tracking_uri)  # set_tracking_uri's
-        study = (load_ablation if kind == "ablate" else load_study)("study.toml")
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = run_sweep(study, DEFAULT_STORAGE)
-    optuna.logging.set_verbosity(verbosity)
-    return SimpleNamespace(code=code, out=out.getvalue(), err=err.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -654,16 +498,6 @@ def test_journal_file_storage_runs_a_study_to_completion(work: Path, data: Path)
 
 
 @pytest.fixture(scope="module")
-def pg_url() -> str:
-    url = os.environ.get("NIN_SEARCH_TEST_PG_URL")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("CI must set NIN_SEARCH_TEST_PG_URL (see .ci/postgres.sh)")
-        pytest.skip("NIN_SEARCH_TEST_PG_URL is not set; `bash .ci/postgres.sh` prints one")
-    return url
-
-
-@pytest.fixture(scope="module")
 def on_postgres(tmp_path_factory, data: Path, mlflow_db: Path, pg_url: str):
     """`--workers 2` on one study on the server, deleted afterwards."""
     folder = with_mlflow_store(tmp_path_factory.mktemp("pg"), mlflow_db)
@@ -735,21 +569,6 @@ def test_bad_study_file_is_one_line_exit_2_and_writes_nothing(
 ):
     write_study(tmp_path, "bad", data, **change)
     assert message in sweep_refused(tmp_path, monkeypatch, capfd)
-
-
-def sweep_refused(folder: Path, monkeypatch, capfd) -> str:
-    """`sweep study.toml` in folder, no store named by the environment: exit code 2, one line
-    on stderr (returned: it names the file, the key and the value) and no mlruns/ (checked
-    before any store is touched, so no study and no run)."""
-    monkeypatch.chdir(folder)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("NIN_SEARCH_STORAGE", raising=False)
-    code = cli(["sweep", "study.toml"])
-    _, err = capfd.readouterr()
-    assert code == 2
-    assert len(err.strip().splitlines()) == 1, err
-    assert not (folder / "mlruns").exists()
-    return err
 
 
 def test_unreachable_storage_is_one_line_with_the_password_masked(

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 import torch
-from test_model import KNOBS, SMALL, WIDTH
+from builders import KNOBS, SMALL, WIDTH
 from torch.utils.flop_counter import FlopCounterMode
 
 import nin_search.engine.summary as accounting

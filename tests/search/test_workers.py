@@ -16,13 +16,8 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-import test_sweep
-from conftest import nin_here_ok
+from builders import _env, nin_here_ok, start_sweep, trials, wait_for_running_trial, write_study
 from optuna.trial import TrialState
-from test_sweep import _env, start_sweep, trials, wait_for_running_trial, write_study
-
-# the sweep tests' fixtures: a migrated MLflow store to copy, a folder holding one, PostgreSQL
-pg_url = test_sweep.pg_url
 
 
 def this_run(stdout: str) -> int:

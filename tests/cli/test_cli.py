@@ -11,26 +11,12 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from conftest import nin_here, squares, with_mlflow_store, write_idx
+from builders import CLI_TINY as TINY
+from builders import nin_here, squares, with_mlflow_store, write_idx
 
 from nin_search.engine.chance import at_chance
 from nin_search.engine.config import FINDER_RULES, ConfigError
 from nin_search.engine.train import resolve_precision
-
-TINY = """
-[model]
-preset = "lin2013"
-width = 0.125
-[data]
-resize = 0
-val_size = 40
-train_subset = 0
-[train]
-epochs = 2
-batch_size = 32
-optimizer = "adam"
-lr = 0.003
-"""
 
 
 def cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -193,7 +179,8 @@ def test_diverging_run_exits_1_and_ends_failed(tiny_stored: Path):
 
 def test_a_run_that_collapses_to_chance_exits_1_and_ends_failed(tmp_path: Path, mlflow_db):
     # the squares task, fully connected head, plain SGD at lr 1 in fp32: val 0.38 of 256 in
-    # epoch 1, at chance in epoch 3 with the loss at ln 10 (tests/test_chance.py): not "done"
+    # epoch 1, at chance in epoch 3 with the loss at ln 10 (tests/engine/test_chance.py): not
+    # "done"
     # (at lr 5 its mean train loss explodes first, past 1e6 in epoch 1)
     work = with_mlflow_store(tmp_path, mlflow_db)
     (work / "sq").mkdir()
@@ -370,7 +357,7 @@ def test_lr_finder_writes_json_html_and_an_mlflow_run(tiny_stored: Path):
 
 
 def test_sweep_link_reuses_the_matching_finder_run(tmp_path: Path, monkeypatch, idx_writer):
-    from conftest import squares
+    from builders import squares
 
     from nin_search.engine.config import load_config
     from nin_search.tracking.finder import lr_range_from_finder

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from builders import KNOBS, NARROW, SMALL, WIDTH
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -18,13 +19,7 @@ from nin_search.engine.model import (
     spatial_trace,
 )
 
-# A small input each preset accepts, so forward passes stay fast on 2 CPU cores.
-SMALL = {"d2l": 67, "lin2013": 28, "nin11": 32, "nin16": 32, "nin19": 32}
 MIN_SIZE = {"d2l": 67, "lin2013": 1, "nin11": 32, "nin16": 32, "nin19": 32}
-# Feature-map sizes do not depend on width; spatial_trace builds the layers it measures, so the
-# size searches below run at quarter width to stay fast, and so do the VGG-sized presets.
-NARROW = 0.25
-WIDTH = {"d2l": 1.0, "lin2013": 1.0, "nin11": NARROW, "nin16": NARROW, "nin19": NARROW}
 FIRST_CONV = {"d2l": 96, "lin2013": 192, "nin11": 64, "nin16": 64, "nin19": 64}  # at width 1
 
 
@@ -41,20 +36,6 @@ D2L_TABLE = {
     "3x3 instead of 1x1": ({"mlp_kernel": 3}, 5_549_094, 2_240_895_048),
     "fc head": ({"head": "fc"}, 2_053_386, 761_524_352),
     "gradual reduction": ({"reduction": "gradual"}, 2_355_734, 771_383_352),
-}
-
-KNOBS = {
-    "mlp_depth=0": {"mlp_depth": 0},
-    "mlp_depth=1": {"mlp_depth": 1},
-    "mlp_depth=2": {"mlp_depth": 2},
-    "mlp_depth=3": {"mlp_depth": 3},
-    "mlp_kernel=3": {"mlp_kernel": 3},
-    "head=fc": {"head": "fc"},
-    "reduction=gradual": {"reduction": "gradual"},
-    "batch_norm": {"batch_norm": True},
-    "width=0.5": {"width": 0.5},
-    "final_relu=false": {"final_relu": False},
-    "dropout=0": {"dropout": 0.0},
 }
 
 

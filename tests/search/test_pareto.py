@@ -14,17 +14,19 @@ import mlflow
 import optuna
 import pandas as pd
 import pytest
-from conftest import nin_here, nin_here_ok, with_mlflow_store
-from optuna.study import StudyDirection
-from optuna.trial import TrialState
-from test_sweep import (
+from builders import (
     children,
+    nin_here,
+    nin_here_ok,
     parents,
     sqlite_url,
     sweep_ok,
     sweep_refused,
+    with_mlflow_store,
     write_study,
 )
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
 
 from nin_search.spec.study import load_study
 
@@ -415,7 +417,7 @@ def test_multi_objective_study_defaults_to_no_pruner(tmp_path: Path, data: Path)
 
 @pytest.mark.parametrize("path", ["studies/pareto_cpu.toml", "studies/pareto.toml"])
 def test_shipped_pareto_studies_load(path: str):
-    study = load_study(str(Path(__file__).parents[1] / path))
+    study = load_study(str(Path(__file__).parents[2] / path))
     # accuracy against MACs over the size knobs and the lr, no pruner
     assert study.objectives == ["best_val_acc", "macs"]
     assert {"model.width", "model.mlp_depth", "model.head", "model.reduction", "train.lr"} <= set(

@@ -7,7 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-BENCH = Path(__file__).parents[1] / "benchmarks" / "lr_finder_regret.py"
+BENCH = Path(__file__).parents[2] / "benchmarks" / "lr_finder_regret.py"
 BLOCKED = ("optuna", "mlflow", "pandas", "plotly", "tqdm", "sqlalchemy", "scipy")
 
 

@@ -15,9 +15,8 @@ from types import SimpleNamespace
 import mlflow
 import pytest
 import torch
-from conftest import nin_here, nin_here_ok, squares, with_mlflow_store, write_idx
-from test_cli import TINY
-from test_sweep import study_text
+from builders import CLI_TINY as TINY
+from builders import nin_here, nin_here_ok, squares, study_text, with_mlflow_store, write_idx
 
 from nin_search.engine.config import ConfigError
 
@@ -158,7 +157,7 @@ def test_evaluate_on_val_logs_its_files_to_the_run(trained):
 
 
 def test_torch_load_is_only_called_with_weights_only():
-    package = Path(__file__).resolve().parents[1] / "nin_search"
+    package = Path(__file__).resolve().parents[2] / "nin_search"
     calls = 0
     for path in package.rglob("*.py"):
         text = path.read_text()
@@ -255,7 +254,7 @@ def test_keep_models_all_keeps_every_trial_and_none_keeps_nothing(
 
 
 def test_keep_models_defaults_and_bad_values(tmp_path: Path, data: Path):
-    from test_ablation import ablation_text
+    from builders import ablation_text
 
     from nin_search.spec.ablation import load_ablation
     from nin_search.spec.study import load_study

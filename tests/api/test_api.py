@@ -24,21 +24,12 @@ import optuna
 import plotly.graph_objects as go
 import pytest
 import torch
-from conftest import with_mlflow_store
+from builders import API_TINY as TINY
+from builders import ablation_text, study_text, trials, with_mlflow_store
 from optuna.trial import TrialState
-from test_ablation import ablation_text
-from test_sweep import study_text, trials
 
 import nin_search as ns
 from nin_search.cli.main import main as cli
-
-TINY = {
-    "model.width": 0.25,
-    "data.resize": 16,
-    "data.val_size": 64,
-    "train.batch_size": 32,
-    "lr_finder.num_iter": 30,
-}
 
 
 @contextlib.contextmanager
@@ -259,7 +250,7 @@ def test_the_package_ships_py_typed():
     import tomllib
 
     assert (Path(ns.__file__).parent / "py.typed").is_file()
-    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     assert "py.typed" in pyproject["tool"]["setuptools"]["package-data"]["nin_search"]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).parents[1] / "benchmarks" / "throughput.py"
+BENCH = Path(__file__).parents[2] / "benchmarks" / "throughput.py"
 _spec = importlib.util.spec_from_file_location("throughput", BENCH)
 throughput = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(throughput)  # only defines functions: main() runs under __main__

@@ -17,7 +17,7 @@ jupytext = pytest.importorskip("jupytext")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
-NOTEBOOKS = sorted((Path(__file__).parents[1] / "docs" / "notebooks").glob("*.py"))
+NOTEBOOKS = sorted((Path(__file__).parents[2] / "docs" / "notebooks").glob("*.py"))
 BUDGET_S = 300  # per notebook, all cells together; each takes under 2 minutes on 2 idle cores
 PLOTLY = "application/vnd.plotly.v1+json"
 

@@ -18,9 +18,15 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
-from conftest import nin_here, nin_here_ok, with_mlflow_store
-from test_ablation import ablation_text
-from test_sweep import _env, sqlite_url, write_study
+from builders import (
+    _env,
+    ablation_text,
+    nin_here,
+    nin_here_ok,
+    sqlite_url,
+    with_mlflow_store,
+    write_study,
+)
 
 from nin_search.search.dashboard import dashboard_command, write_note
 from nin_search.search.studies import open_study

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).parents[1] / "benchmarks" / "lr_finder_regret.py"
+BENCH = Path(__file__).parents[2] / "benchmarks" / "lr_finder_regret.py"
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,7 @@ reports and every bad ablation file."""
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,20 +14,23 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from conftest import nin_here, nin_here_ok, with_mlflow_store
-from optuna.trial import TrialState
-from scipy import stats as sps
-from test_sweep import (
-    TINY,
-    _env,
+from builders import STUDY_TINY as TINY
+from builders import (
+    ablation_text,
+    nin_here,
+    nin_here_ok,
+    nin_ok,
     runs,
     sqlite_url,
+    start_nin,
     swept_here,
-    tables,
     trials,
     wait_for_running_trial,
+    with_mlflow_store,
     write_study,
 )
+from optuna.trial import TrialState
+from scipy import stats as sps
 
 from nin_search.cli.main import main as cli
 from nin_search.engine.config import load_config
@@ -112,46 +112,6 @@ def test_compare_pairs_by_seed_and_counts_diverged():
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def ablation_text(name: str, data: Path, seeds="[0, 1]", arms=None, top="") -> str:
-    values = TINY | {"data.data_dir": str(data), "train.lr": 0.003}
-    lines = [f"name = {json.dumps(name)}", f"seeds = {seeds}", top] + tables(values)
-    arms = {"gap": {"model.head": "gap"}, "fc": {"model.head": "fc"}} if arms is None else arms
-    for arm, overrides in arms.items():
-        lines.append(f"[arms.{arm}]")
-        lines += [f'"{k}" = {json.dumps(v)}' for k, v in overrides.items()]
-    return "\n".join(lines) + "\n"
-
-
-def nin(*args: str, cwd: Path, timeout: int = 300, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "nin_search", *args],
-        cwd=cwd,
-        env=_env(env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def nin_ok(*args: str, cwd: Path, env=None) -> subprocess.CompletedProcess:
-    res = nin(*args, cwd=cwd, env=env)
-    assert res.returncode == 0, res.stdout + res.stderr
-    return res
-
-
-def start_nin(*args: str, cwd: Path, env=None, stdout=subprocess.PIPE) -> subprocess.Popen:
-    """The CLI in the background, its stderr kept for a failure's message; stdout=DEVNULL for a
-    run nobody reads, whose output would otherwise fill the pipe and stall it."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "nin_search", *args],
-        cwd=cwd,
-        env=_env(env),
-        stdout=stdout,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 # --- a tiny 2-arm x 2-seed ablation through the CLI ----------------------------------------
