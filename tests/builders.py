@@ -268,17 +268,25 @@ def wait_for_running_trial(proc: subprocess.Popen, folder: Path, name: str) -> i
     raise AssertionError("no trial started within 120 s")
 
 
-def swept_here(folder: Path, kind: str = "sweep") -> SimpleNamespace:
-    """run_sweep on folder/study.toml in this process, as `sweep` runs it there but without
-    the command's checks at load (check_space, check_arms): its exit code, stdout and stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    verbosity = optuna.logging.get_verbosity()
+@contextlib.contextmanager
+def inside(folder: Path):
+    """Run in folder with its default stores (mlruns/), as a command or a notebook started
+    there would: no store variables, offline, MLflow's tracking URI put back afterwards."""
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
         for k in ("MLFLOW_TRACKING_URI", "NIN_SEARCH_STORAGE", "NIN_SEARCH_COMMAND"):
             mp.delenv(k, raising=False)
         mp.setenv("NIN_SEARCH_OFFLINE", "1")
         mp.setattr(mlflow_uri, "_tracking_uri", mlflow_uri._tracking_uri)  # set_tracking_uri's
+        yield
+
+
+def swept_here(folder: Path, kind: str = "sweep") -> SimpleNamespace:
+    """run_sweep on folder/study.toml in this process, as `sweep` runs it there but without
+    the command's checks at load (check_space, check_arms): its exit code, stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    verbosity = optuna.logging.get_verbosity()
+    with inside(folder):
         study = (load_ablation if kind == "ablate" else load_study)("study.toml")
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = run_sweep(study, DEFAULT_STORAGE)

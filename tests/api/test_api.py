@@ -25,23 +25,11 @@ import plotly.graph_objects as go
 import pytest
 import torch
 from builders import API_TINY as TINY
-from builders import ablation_text, study_text, trials, with_mlflow_store
+from builders import ablation_text, inside, study_text, trials, with_mlflow_store
 from optuna.trial import TrialState
 
 import nin_search as ns
 from nin_search.cli.main import main as cli
-
-
-@contextlib.contextmanager
-def inside(folder: Path):
-    """Run in folder with its default stores (mlruns/), as a notebook started there would."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        for k in ("MLFLOW_TRACKING_URI", "NIN_SEARCH_STORAGE", "NIN_SEARCH_COMMAND"):
-            mp.delenv(k, raising=False)
-        mp.setenv("NIN_SEARCH_OFFLINE", "1")
-        mp.setattr(mlflow_uri, "_tracking_uri", mlflow_uri._tracking_uri)  # set_tracking_uri's
-        yield
 
 
 @pytest.fixture(scope="module")
